@@ -1,0 +1,648 @@
+"""
+The three networks of TextLDM, in one file:
+
+1. TextVAE: a Transformer VAE that maps N tokens to N continuous latents (one per token) and
+   decodes all N tokens back in parallel (non-autoregressive). An intermediate encoder layer is
+   exposed so REPA can align it with a frozen language model (Projector + repa_loss).
+2. DiT: a Diffusion Transformer with adaLN-Zero blocks that predicts the flow-matching velocity
+   of the target latents, conditioned in-context on clean prompt (context) latents.
+3. GPT: a plain GPT-2, the autoregressive baseline (and a REPA teacher), weight-compatible with
+   Hugging Face transformers' GPT2LMHeadModel.
+
+Flow-matching time convention (the only one used in this project):
+    x_t = t * x_data + (1 - t) * noise        t = 0: pure noise, t = 1: clean data
+    velocity v = dx_t/dt = x_data - noise
+    Context (prompt) latents are clean, so they carry t = 1.
+
+Shapes: B = batch, T / L = sequence length, C = n_embd, H = heads, D = latent_dim, V = vocab.
+"""
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# Configs and size presets
+
+@dataclass
+class VAEConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024      # max sequence length (learned positional embedding)
+    n_enc_layer: int = 10
+    n_dec_layer: int = 10
+    n_head: int = 16
+    n_embd: int = 1024
+    latent_dim: int = 64        # channels per token latent (64 in the paper; 32/128/192 ablated)
+    repa_layer: int | None = None  # 1-based encoder block exposed for REPA; None = the middle one
+    dropout: float = 0.0
+    causal: bool = False        # causal encoder/decoder: latent i never depends on tokens > i
+
+    def __post_init__(self):
+        assert self.n_embd % self.n_head == 0, "n_embd must be divisible by n_head"
+        if self.repa_layer is None:
+            self.repa_layer = max(1, self.n_enc_layer // 2)
+        if not 1 <= self.repa_layer <= self.n_enc_layer:
+            raise ValueError(f"repa_layer={self.repa_layer} must be in [1, {self.n_enc_layer}]")
+
+@dataclass
+class DiTConfig:
+    latent_dim: int = 64
+    block_size: int = 2048      # max total length of context + target
+    n_layer: int = 10
+    n_head: int = 12
+    n_embd: int = 768
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        assert self.n_embd % self.n_head == 0, "n_embd must be divisible by n_head"
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True           # GPT-2 has biases in every Linear and LayerNorm
+
+    def __post_init__(self):
+        assert self.n_embd % self.n_head == 0, "n_embd must be divisible by n_head"
+
+# 'tiny' trains in minutes on a 2-core CPU, 'small' is a few M (non-embedding) params for
+# CPU-scale reproductions. The paper's VAE is ~350M: 10+10 layers at width 1024 give 357M,
+# about 103M of which are the token embedding and the (untied) output head.
+VAE_SIZES = {
+    'tiny':  dict(n_enc_layer=2, n_dec_layer=2, n_head=4, n_embd=128),
+    'small': dict(n_enc_layer=4, n_dec_layer=4, n_head=4, n_embd=256),
+    'paper': dict(n_enc_layer=10, n_dec_layer=10, n_head=16, n_embd=1024),
+}
+# The paper gives DiT sizes only as parameter counts (114M / 328M / 768M). A DiT block has
+# ~18 C^2 params (attention 4, MLP 8, adaLN 6), so we keep DiT's head size of 64 and pick depths
+# that land near those counts: DiT-B width with 10 layers, DiT-L width with 17, 1280 wide with 26.
+DIT_SIZES = {
+    'tiny':  dict(n_layer=4, n_head=4, n_embd=128),
+    'small': dict(n_layer=6, n_head=4, n_embd=256),
+    'dit-b': dict(n_layer=10, n_head=12, n_embd=768),    # ~110M
+    'dit-m': dict(n_layer=17, n_head=16, n_embd=1024),   # ~327M
+    'dit-l': dict(n_layer=26, n_head=20, n_embd=1280),   # ~775M
+}
+GPT_SIZES = {
+    'tiny':        dict(n_layer=2, n_head=4, n_embd=128),
+    'small':       dict(n_layer=6, n_head=4, n_embd=256),
+    'gpt2':        dict(n_layer=12, n_head=12, n_embd=768),    # 124M
+    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),   # 350M
+    'gpt2-large':  dict(n_layer=36, n_head=20, n_embd=1280),   # 774M
+}
+
+def make_config(kind, size, **overrides):
+    """Config of `kind` ('vae' | 'dit' | 'gpt') from the `size` preset, with overrides applied."""
+    registry = {'vae': (VAE_SIZES, VAEConfig), 'dit': (DIT_SIZES, DiTConfig),
+                'gpt': (GPT_SIZES, GPTConfig)}
+    if kind not in registry:
+        raise ValueError(f"unknown model kind {kind!r}; available: {', '.join(registry)}")
+    presets, config_class = registry[kind]
+    if size not in presets:
+        raise ValueError(f"unknown {kind} size {size!r}; available: {', '.join(presets)}")
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown {config_class.__name__} key(s): {', '.join(unknown)}")
+    return config_class(**{**presets[size], **overrides})
+
+# -----------------------------------------------------------------------------
+# Shared building blocks: attention masks, self-attention, MLP, pre-LN Transformer block
+
+def build_attention_mask(length, device, valid=None, attn_mask=None, causal=False):
+    """One boolean SDPA mask (True = may attend) from padding, an extra mask and causality.
+
+    valid: (B, L) bool, True = real token. attn_mask: (L, L) or (B, L, L) bool.
+    Returns None when nothing is masked (so SDPA may pick its fastest kernel), else a mask of
+    shape (B or 1, 1, L, L). SDPA returns NaN for a query row with no allowed key (e.g. a
+    sequence that is all padding); such rows attend to themselves instead. Their outputs are
+    finite and meaningless, and callers ignore them.
+    """
+    if valid is None and attn_mask is None and not causal:
+        return None
+    mask = torch.ones(1, 1, length, length, dtype=torch.bool, device=device)
+    if valid is not None:
+        mask = mask & valid[:, None, None, :].bool()   # padding keys are never attended to
+    if attn_mask is not None:
+        mask = mask & (attn_mask[:, None] if attn_mask.dim() == 3 else attn_mask).bool()
+    if causal:
+        mask = mask & torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    nothing_to_attend = ~mask.any(dim=-1, keepdim=True)
+    eye = torch.eye(length, dtype=torch.bool, device=device)
+    return mask | (nothing_to_attend & eye)
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far (GPT generation).
+
+    keys[i], values[i]: (B, H, T_past, C // H) for layer i, or None before the first step.
+    """
+
+    def __init__(self, n_layer):
+        self.keys = [None] * n_layer
+        self.values = [None] * n_layer
+
+    def seq_len(self):
+        return 0 if self.keys[0] is None else self.keys[0].size(2)
+
+    def append(self, layer, k, v):
+        """Add this step's (B, H, T, C // H) keys/values for `layer`; return all of them."""
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with SDPA. Names (c_attn, c_proj) follow GPT-2."""
+
+    def __init__(self, n_embd, n_head, dropout=0.0, bias=True):
+        super().__init__()
+        self.n_head = n_head
+        self.dropout = dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0):
+        """x: (B, T, C); mask: bool broadcastable to (B, H, T, T_keys) -> (B, T, C)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (a.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for a in (q, k, v))
+        if cache is not None:
+            k, v = cache.append(layer, k, v)   # keys/values of all tokens so far
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+class MLP(nn.Module):
+    """Linear -> GELU (tanh approximation, GPT-2's "gelu_new") -> Linear."""
+
+    def __init__(self, n_embd, hidden_dim, dropout=0.0, bias=True):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, hidden_dim, bias=bias)
+        self.c_proj = nn.Linear(hidden_dim, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate='tanh')))
+
+class Block(nn.Module):
+    """Pre-LN Transformer block: x + attn(ln(x)), then x + mlp(ln(x)). Used by the VAE and GPT."""
+
+    def __init__(self, n_embd, n_head, dropout=0.0, bias=True):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
+        self.attn = SelfAttention(n_embd, n_head, dropout, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
+        self.mlp = MLP(n_embd, 4 * n_embd, dropout, bias)
+
+    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0):
+        """x: (B, T, C) -> (B, T, C)."""
+        x = x + self.attn(self.ln_1(x), mask, is_causal, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+def init_gpt_style(module, n_layer):
+    """GPT-2 init: N(0, 0.02) weights, zero biases, and residual output projections scaled by
+    1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth."""
+    for name, p in module.named_parameters():
+        if name.endswith('c_proj.weight'):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+        elif name.endswith('bias'):
+            nn.init.zeros_(p)
+        elif p.dim() >= 2:
+            nn.init.normal_(p, mean=0.0, std=0.02)
+        # LayerNorm weights keep their default of 1
+
+def masked_mean(x, valid=None):
+    """Mean of x (B, T) over the positions where valid (B, T) is True (all when None)."""
+    if valid is None:
+        return x.mean()
+    valid = valid.to(x.dtype)
+    return (x * valid).sum() / valid.sum().clamp(min=1.0)
+
+# -----------------------------------------------------------------------------
+# Stage 1: the text VAE, its KL term, and REPA (projector + alignment loss)
+
+class TextVAE(nn.Module):
+    """Tokens (B, T) -> per-token Gaussian latents (B, T, D) -> token logits (B, T, V).
+
+    Sequences are right-padded; `valid` marks the real tokens. Padding keys are masked out of
+    attention, so a sequence encodes and decodes the same alone as in a padded batch.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        C, drop = config.n_embd, config.dropout
+        # encoder
+        self.token_embedding = nn.Embedding(config.vocab_size, C)
+        self.enc_pos_embedding = nn.Embedding(config.block_size, C)
+        self.encoder_blocks = nn.ModuleList(
+            [Block(C, config.n_head, drop) for _ in range(config.n_enc_layer)])
+        self.encoder_ln = nn.LayerNorm(C)
+        self.to_moments = nn.Linear(C, 2 * config.latent_dim)  # mean and log-variance
+        # decoder
+        self.from_latent = nn.Linear(config.latent_dim, C)
+        self.dec_pos_embedding = nn.Embedding(config.block_size, C)
+        self.decoder_blocks = nn.ModuleList(
+            [Block(C, config.n_head, drop) for _ in range(config.n_dec_layer)])
+        self.decoder_ln = nn.LayerNorm(C)
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        self.drop = nn.Dropout(drop)
+        init_gpt_style(self, config.n_enc_layer + config.n_dec_layer)
+
+    def _positions(self, T, device):
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        return torch.arange(T, device=device)
+
+    def encode(self, idx, valid=None):
+        """idx: (B, T) long -> mean, logvar (B, T, D), hidden (B, T, C) from block repa_layer."""
+        T = idx.size(1)
+        mask = build_attention_mask(T, idx.device, valid, causal=self.config.causal)
+        x = self.drop(self.token_embedding(idx) + self.enc_pos_embedding(self._positions(T, idx.device)))
+        hidden = None
+        for i, block in enumerate(self.encoder_blocks, start=1):
+            x = block(x, mask)
+            if i == self.config.repa_layer:
+                hidden = x
+        mean, logvar = self.to_moments(self.encoder_ln(x)).chunk(2, dim=-1)
+        # exp(logvar) overflows or underflows outside this range, giving inf/NaN KL
+        return mean, logvar.clamp(-30.0, 20.0), hidden
+
+    @staticmethod
+    def reparameterize(mean, logvar, generator=None):
+        """z = mean + std * eps, eps ~ N(0, I). All tensors (B, T, D)."""
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * logvar) * eps
+
+    def decode(self, z, valid=None):
+        """z: (B, T, D) latents -> logits (B, T, V) for every token in parallel."""
+        T = z.size(1)
+        mask = build_attention_mask(T, z.device, valid, causal=self.config.causal)
+        x = self.drop(self.from_latent(z) + self.dec_pos_embedding(self._positions(T, z.device)))
+        for block in self.decoder_blocks:
+            x = block(x, mask)
+        return self.lm_head(self.decoder_ln(x))
+
+    def forward(self, idx, valid=None, sample=True):
+        """idx: (B, T) -> logits (B, T, V), mean, logvar (B, T, D), hidden (B, T, C)."""
+        mean, logvar, hidden = self.encode(idx, valid)
+        z = self.reparameterize(mean, logvar) if sample else mean
+        return self.decode(z, valid), mean, logvar, hidden
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; non_embedding drops the lookup tables (token and positions), which
+        cost no matmul FLOPs. The output head is not tied, so it is always counted."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            for emb in (self.token_embedding, self.enc_pos_embedding, self.dec_pos_embedding):
+                n -= emb.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token for encoder + decoder: 6 N (forward + backward matmuls) plus
+        12 L C T for attention scores, as in nanoGPT's estimate (L = all encoder and decoder layers)."""
+        cfg = self.config
+        n_layer = cfg.n_enc_layer + cfg.n_dec_layer
+        return 6 * self.num_params() + 12 * n_layer * cfg.n_embd * seq_len
+
+def kl_divergence(mean, logvar, valid=None):
+    """KL(N(mean, exp(logvar)) || N(0, I)) summed over channels, averaged over valid tokens.
+
+    mean, logvar: (B, T, D); valid: (B, T) bool. Computed in fp32. Returns a scalar.
+    """
+    mean, logvar = mean.float(), logvar.float()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=-1)   # (B, T)
+    return masked_mean(kl, valid)
+
+class Projector(nn.Module):
+    """REPA's MLP from the VAE encoder's hidden size to the teacher's: two SiLU hidden layers."""
+
+    def __init__(self, in_dim, hidden_dim, out_dim):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.SiLU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.SiLU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x):
+        """x: (B, T, in_dim) -> (B, T, out_dim)."""
+        return self.net(x)
+
+def repa_loss(student, teacher, valid=None):
+    """Negative cosine similarity per token, averaged over valid tokens. In [-1, 1], -1 = aligned.
+
+    student, teacher: (B, T, E); valid: (B, T) bool. The teacher is under stop-gradient.
+    Normalising in fp32 because fp16 norms of large hidden states overflow (a known REPA NaN).
+    """
+    student = F.normalize(student.float(), dim=-1, eps=1e-6)
+    teacher = F.normalize(teacher.detach().float(), dim=-1, eps=1e-6)
+    cosine = (student * teacher).sum(dim=-1)   # (B, T)
+    return -masked_mean(cosine, valid)
+
+# -----------------------------------------------------------------------------
+# Stage 2: the Diffusion Transformer (adaLN-Zero, in-context conditioning)
+
+def timestep_embedding(t, dim, max_period=10000):
+    """Sinusoidal features of the flow time. t: (...) float in [0, 1] -> (..., dim).
+
+    t is scaled by 1000 first (as DiT does for its integer timesteps), so that the
+    frequencies, designed for positions up to ~max_period, resolve small changes in t.
+    """
+    half = dim // 2
+    exponents = torch.arange(half, device=t.device, dtype=torch.float32) / half
+    freqs = torch.exp(-math.log(max_period) * exponents)   # 1 down to ~1/max_period
+    args = (1000.0 * t.float())[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+class TimestepEmbedder(nn.Module):
+    """Per-token flow time t (B, L) -> conditioning vector c (B, L, C)."""
+
+    def __init__(self, n_embd, frequency_dim=256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, n_embd), nn.SiLU(), nn.Linear(n_embd, n_embd))
+
+    def forward(self, t):
+        features = timestep_embedding(t, self.frequency_dim)   # fp32, for precision in t
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+def modulate(x, shift, scale):
+    """adaLN: LayerNorm output x (B, L, C) shifted and scaled per token by (B, L, C) vectors."""
+    return x * (1 + scale) + shift
+
+class DiTBlock(nn.Module):
+    """Transformer block whose LayerNorms are modulated by c (shift, scale) and whose residual
+    branches are gated by c. With the modulation zero-initialised every gate is 0, so the
+    block starts as the identity (adaLN-Zero)."""
+
+    def __init__(self, n_embd, n_head, mlp_ratio=4.0, dropout=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(n_embd, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(n_embd, n_head, dropout)
+        self.norm2 = nn.LayerNorm(n_embd, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(n_embd, int(n_embd * mlp_ratio), dropout)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 6 * n_embd))
+
+    def forward(self, x, c, mask=None):
+        """x: (B, L, C) tokens, c: (B, L, C) per-token conditioning -> (B, L, C)."""
+        modulation = self.adaLN_modulation(c).chunk(6, dim=-1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), mask)
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) then a linear map back to latent channels: (B, L, C) -> (B, L, D)."""
+
+    def __init__(self, n_embd, latent_dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(n_embd, elementwise_affine=False, eps=1e-6)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 2 * n_embd))
+        self.linear = nn.Linear(n_embd, latent_dim)
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+class DiT(nn.Module):
+    """Velocity network over one sequence of [context latents (clean, t=1) | target latents (noisy)].
+
+    Every token gets its own time t and a learned "context or target" embedding. Positions count
+    valid tokens only (pos = cumsum(valid) - 1), so padding inside the context segment does not
+    shift the target's positions.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        self.x_embedder = nn.Linear(config.latent_dim, C)
+        self.pos_embed = nn.Embedding(config.block_size, C)
+        self.role_embed = nn.Embedding(2, C)   # 0 = context, 1 = target
+        self.t_embedder = TimestepEmbedder(C)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([DiTBlock(C, config.n_head, config.mlp_ratio, config.dropout)
+                                     for _ in range(config.n_layer)])
+        self.final_layer = FinalLayer(C, config.latent_dim)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        # Plain init first: xavier for every Linear, zero biases, N(0, 0.02) for the tables.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.pos_embed.weight, std=0.02)
+        nn.init.normal_(self.role_embed.weight, std=0.02)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        # adaLN-Zero: all shifts, scales and gates start at 0, so every block is the identity...
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        # ...and the output layer starts at exactly 0 (predicted velocity 0 everywhere).
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def positions(self, valid, B, L, device):
+        """(B, L) long position of each token: its index among the valid tokens of its row."""
+        if valid is None:
+            return torch.arange(L, device=device).expand(B, L)
+        return (valid.long().cumsum(dim=1) - 1).clamp(min=0)   # leading padding -> 0
+
+    def forward(self, x, t, is_target, valid=None, attn_mask=None):
+        """Predict the velocity at every position.
+
+        x: (B, L, D) context latents followed by target latents. t: (B, L) flow time per token.
+        is_target: (B, L) bool. valid: (B, L) bool or None (all valid). attn_mask: (L, L) or
+        (B, L, L) bool, True = may attend, ANDed with the padding mask.
+        Returns (B, L, D); callers keep the target positions.
+        """
+        B, L, _ = x.shape
+        if L > self.config.block_size:
+            raise ValueError(f"sequence length {L} exceeds block_size {self.config.block_size}")
+        pos = self.positions(valid, B, L, x.device)
+        h = self.x_embedder(x) + self.pos_embed(pos) + self.role_embed(is_target.long())
+        h = self.drop(h)
+        c = self.t_embedder(t)   # (B, L, C)
+        mask = build_attention_mask(L, x.device, valid, attn_mask)
+        for block in self.blocks:
+            h = block(h, c, mask)
+        return self.final_layer(h, c)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; non_embedding drops the position and role lookup tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.pos_embed.weight.numel() + self.role_embed.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token: 6 N + 12 L C T (nanoGPT's estimate), T = context + target."""
+        cfg = self.config
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+# -----------------------------------------------------------------------------
+# Baseline: GPT-2 (same weights and logits as transformers' GPT2LMHeadModel)
+
+# GPT-2 stores these as Conv1D with weight (in, out); nn.Linear wants (out, in).
+_CONV1D_SUFFIXES = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+
+class GPT(nn.Module):
+    """Decoder-only Transformer LM. idx (B, T) -> logits (B, T, V)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, C),
+            wpe=nn.Embedding(config.block_size, C),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(C, config.n_head, config.dropout, config.bias)
+                             for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(C, eps=1e-5, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight   # tied input/output embedding
+        init_gpt_style(self, config.n_layer)
+
+    def _causal_mask(self, T, past, device):
+        """None for a fresh sequence (SDPA's is_causal); else (T, past + T): new token i sees
+        every cached token and the new tokens up to itself."""
+        if past == 0:
+            return None
+        return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+
+    def forward(self, idx, targets=None, kv_cache=None, pos_offset=0):
+        """idx: (B, T) long; targets: (B, T) long, -1 = ignore.
+
+        kv_cache: a KVCache holding the earlier tokens (it is extended in place). pos_offset is
+        the position of idx[:, 0]; with a cache it must be 0 (taken from the cache) or agree.
+        Returns logits (B, T, V) and the fp32 mean cross-entropy (None without targets).
+        """
+        T = idx.size(1)
+        past = 0 if kv_cache is None else kv_cache.seq_len()
+        if kv_cache is not None and pos_offset not in (0, past):
+            raise ValueError(f"pos_offset={pos_offset} disagrees with the {past} cached tokens")
+        start = past if kv_cache is not None else pos_offset
+        if start + T > self.config.block_size:
+            raise ValueError(f"positions up to {start + T} exceed block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        mask = self._causal_mask(T, past, idx.device)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, mask, is_causal=mask is None, cache=kv_cache, layer=i)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 use_cache=True, generator=None):
+        """Append max_new_tokens sampled tokens to idx (B, T) -> (B, T + max_new_tokens).
+
+        temperature 0 = greedy. Without the cache the context is cropped to block_size (like
+        nanoGPT); with it, cached positions cannot slide, so going past block_size is an error.
+        """
+        cache = None
+        if use_cache:
+            if idx.size(1) + max_new_tokens > self.config.block_size:
+                raise ValueError(f"{idx.size(1)} + {max_new_tokens} tokens exceed block_size "
+                                 f"{self.config.block_size}; use use_cache=False to crop the context")
+            cache = KVCache(self.config.n_layer)
+        next_input = idx
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                next_input = idx[:, -self.config.block_size:]
+            logits, _ = self(next_input, kv_cache=cache)
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat([idx, next_token], dim=1)
+            next_input = next_token   # with a cache only the new token is fed next
+        return idx
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dropout=0.0):
+        """Load GPT-2 weights (hub name such as 'gpt2', or a local folder) via transformers."""
+        from transformers import GPT2LMHeadModel
+        hf_model = GPT2LMHeadModel.from_pretrained(name_or_path)
+        hf = hf_model.config
+        if hf.activation_function != 'gelu_new' or hf.layer_norm_epsilon != 1e-5:
+            raise ValueError("only the standard GPT-2 architecture is supported "
+                             "(gelu_new, LayerNorm eps 1e-5)")
+        config = GPTConfig(vocab_size=hf.vocab_size, block_size=hf.n_positions, n_layer=hf.n_layer,
+                           n_head=hf.n_head, n_embd=hf.n_embd, dropout=dropout, bias=True)
+        model = cls(config)
+        source = hf_model.state_dict()
+        with torch.no_grad():
+            for key, param in model.state_dict().items():
+                if key == 'lm_head.weight':
+                    continue   # tied to transformer.wte.weight
+                weight = source[key]
+                param.copy_(weight.t() if key.endswith(_CONV1D_SUFFIXES) else weight)
+        return model
+
+    def save_pretrained(self, path, eos_token_id=50256):
+        """Write a transformers GPT-2 folder (config + weights) that GPT2LMHeadModel loads."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+        cfg = self.config
+        if not cfg.bias:
+            raise ValueError("GPT-2 checkpoints need bias=True")
+        hf_config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                               n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function='gelu_new',
+                               layer_norm_epsilon=1e-5, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                               attn_pdrop=cfg.dropout, tie_word_embeddings=True,
+                               bos_token_id=eos_token_id, eos_token_id=eos_token_id)
+        hf_model = GPT2LMHeadModel(hf_config)
+        target = hf_model.state_dict()
+        with torch.no_grad():
+            for key, param in self.state_dict().items():
+                target[key].copy_(param.t() if key.endswith(_CONV1D_SUFFIXES) else param)
+        hf_model.save_pretrained(path)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; non_embedding drops the position table (wte is also the output
+        head, so it is counted), as nanoGPT does."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token: 6 N + 12 L C T (nanoGPT's estimate)."""
+        cfg = self.config
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """logits: (B, V) -> (B, 1) token ids. temperature 0 = argmax; top_k / top_p (nucleus)
+    restrict sampling to the k most likely tokens / the smallest set with probability >= p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    if top_p is not None:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # drop a token when the tokens before it already reach top_p (the first is always kept)
+        drop = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float('-inf'))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)

@@ -1,0 +1,324 @@
+"""Tests for model.py: shapes, masking, adaLN-Zero init, losses, GPT-2 compatibility, presets.
+
+Run: python -m pytest tests/test_model.py -q   (CPU, a few seconds)
+"""
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from model import (KVCache, VAEConfig, TextVAE, Projector, repa_loss, kl_divergence,  # noqa: E402
+                   DiTConfig, DiT, GPTConfig, GPT, VAE_SIZES, DIT_SIZES, GPT_SIZES, make_config)
+
+V, D = 97, 8   # small vocab and latent size keep every test fast
+
+def tiny_vae(**kw):
+    torch.manual_seed(0)
+    return TextVAE(VAEConfig(vocab_size=V, block_size=32, n_enc_layer=2, n_dec_layer=2,
+                             n_head=4, n_embd=32, latent_dim=D, **kw)).eval()
+
+def tiny_dit(perturb=True):
+    """A small DiT; perturb=True randomises the zero-initialised parameters so that every
+    block and the output actually depend on their inputs."""
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(latent_dim=D, block_size=64, n_layer=2, n_head=4, n_embd=32)).eval()
+    if perturb:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+def tiny_gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_embd=32)).eval()
+
+# -----------------------------------------------------------------------------
+# VAE
+
+def test_vae_shapes_and_kl():
+    vae = tiny_vae()
+    idx = torch.randint(0, V, (3, 10))
+    logits, mean, logvar, hidden = vae(idx)
+    assert logits.shape == (3, 10, V)
+    assert mean.shape == logvar.shape == (3, 10, D)
+    assert hidden.shape == (3, 10, 32)
+    assert vae.config.repa_layer == 1
+    assert torch.isfinite(kl_divergence(mean, logvar))
+    z = vae.reparameterize(mean, logvar, generator=torch.Generator().manual_seed(0))
+    assert z.shape == mean.shape
+    logits_mean, *_ = vae(idx, sample=False)
+    assert torch.allclose(logits_mean, vae.decode(mean))
+
+def test_kl_zero_for_standard_normal():
+    zeros = torch.zeros(2, 5, D)
+    assert kl_divergence(zeros, zeros).item() == 0.0
+    # invalid tokens are ignored even if their KL is huge
+    mean = zeros.clone()
+    mean[:, 3:] = 100.0
+    valid = torch.arange(5)[None].expand(2, 5) < 3
+    assert kl_divergence(mean, zeros, valid).item() == 0.0
+
+def test_vae_padding_invariance():
+    vae = tiny_vae()
+    short = torch.randint(0, V, (1, 6))
+    batch = torch.randint(0, V, (2, 11))
+    batch[0, :6] = short[0]
+    valid = torch.ones(2, 11, dtype=torch.bool)
+    valid[0, 6:] = False
+    mean_alone, logvar_alone, hidden_alone = vae.encode(short)
+    mean, logvar, hidden = vae.encode(batch, valid)
+    assert torch.allclose(mean[0, :6], mean_alone[0], atol=1e-5)
+    assert torch.allclose(logvar[0, :6], logvar_alone[0], atol=1e-5)
+    assert torch.allclose(hidden[0, :6], hidden_alone[0], atol=1e-5)
+    logits_alone = vae.decode(mean_alone)
+    logits = vae.decode(mean, valid)
+    assert torch.allclose(logits[0, :6], logits_alone[0], atol=1e-5)
+
+def test_vae_all_padding_row_is_finite():
+    vae = tiny_vae()
+    valid = torch.zeros(2, 7, dtype=torch.bool)
+    valid[1, :4] = True
+    logits, mean, logvar, hidden = vae(torch.randint(0, V, (2, 7)), valid)
+    for x in (logits, mean, logvar, hidden):
+        assert torch.isfinite(x).all()
+
+def test_vae_causal_latents_ignore_future_tokens():
+    vae = tiny_vae(causal=True)
+    idx = torch.randint(0, V, (2, 12))
+    changed = idx.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % V
+    mean, _, _ = vae.encode(idx)
+    mean_changed, _, _ = vae.encode(changed)
+    assert torch.allclose(mean[:, :7], mean_changed[:, :7], atol=1e-6)
+    assert not torch.allclose(mean[:, 7:], mean_changed[:, 7:])
+    z_changed = mean.clone()
+    z_changed[:, 7:] += 1.0
+    assert torch.allclose(vae.decode(mean)[:, :7], vae.decode(z_changed)[:, :7], atol=1e-6)
+
+def test_vae_rejects_too_long_input():
+    with pytest.raises(ValueError, match="block_size"):
+        tiny_vae().encode(torch.zeros(1, 33, dtype=torch.long))
+
+# -----------------------------------------------------------------------------
+# REPA
+
+def test_projector_shape():
+    assert Projector(32, 64, 48)(torch.randn(2, 5, 32)).shape == (2, 5, 48)
+
+def test_repa_loss_values():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 16)
+    assert repa_loss(x, x).item() == pytest.approx(-1.0, abs=1e-6)
+    assert repa_loss(3.0 * x, x).item() == pytest.approx(-1.0, abs=1e-6)
+    assert repa_loss(-x, x).item() == pytest.approx(1.0, abs=1e-6)
+    loss = repa_loss(torch.randn(2, 6, 16), x).item()
+    assert -1.0 <= loss <= 1.0
+
+def test_repa_loss_ignores_invalid_tokens_and_detaches_teacher():
+    x = torch.randn(2, 6, 16)
+    student = x.clone()
+    student[:, 4:] = -x[:, 4:]   # anti-aligned, but padding
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[:, 4:] = False
+    assert repa_loss(student, x, valid).item() == pytest.approx(-1.0, abs=1e-6)
+    teacher = x.clone().requires_grad_()
+    student = torch.randn(2, 6, 16, requires_grad=True)
+    repa_loss(student, teacher).backward()
+    assert teacher.grad is None and student.grad is not None
+
+def test_repa_loss_fp16_inputs_are_finite():
+    big = torch.full((1, 3, 64), 300.0, dtype=torch.float16)   # squared norm overflows fp16
+    assert repa_loss(big, big).item() == pytest.approx(-1.0, abs=1e-4)
+
+# -----------------------------------------------------------------------------
+# DiT
+
+def dit_inputs(B=2, n_context=4, n_target=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    L = n_context + n_target
+    x = torch.randn(B, L, D, generator=g)
+    is_target = torch.arange(L)[None].expand(B, L) >= n_context
+    t = torch.where(is_target, torch.rand(B, L, generator=g), torch.ones(B, L))
+    return x, t, is_target
+
+def test_dit_shapes():
+    x, t, is_target = dit_inputs()
+    out = tiny_dit()(x, t, is_target)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+def test_dit_adaln_zero_init_is_identity_and_output_zero():
+    model = tiny_dit(perturb=False)
+    x, t, is_target = dit_inputs()
+    h = torch.randn(2, 9, 32)
+    c = torch.randn(2, 9, 32)
+    for block in model.blocks:
+        assert torch.equal(block(h, c), h)
+    assert torch.equal(model(x, t, is_target), torch.zeros_like(x))
+
+def test_dit_target_depends_on_context():
+    model = tiny_dit()
+    x, t, is_target = dit_inputs()
+    other = x.clone()
+    other[:, :4] = torch.randn(2, 4, D)
+    assert not torch.allclose(model(x, t, is_target)[:, 4:], model(other, t, is_target)[:, 4:])
+
+def test_dit_context_padding_does_not_change_target():
+    model = tiny_dit()
+    x, t, is_target = dit_inputs(n_context=4, n_target=5)
+    out = model(x, t, is_target)[:, 4:]
+    # the same context right-padded with 3 invalid slots inside its segment
+    pad = lambda a, fill: torch.cat([a[:, :4], fill, a[:, 4:]], dim=1)
+    x_pad = pad(x, torch.randn(2, 3, D))
+    t_pad = pad(t, torch.ones(2, 3))
+    is_target_pad = pad(is_target, torch.zeros(2, 3, dtype=torch.bool))
+    valid = pad(torch.ones(2, 9, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.bool))
+    out_pad = model(x_pad, t_pad, is_target_pad, valid)
+    assert torch.allclose(out_pad[:, 7:], out, atol=1e-5)
+    assert torch.isfinite(out_pad).all()
+
+def test_dit_empty_context():
+    model = tiny_dit()
+    x, t, is_target = dit_inputs(n_context=0, n_target=5)
+    out = model(x, t, is_target)
+    assert out.shape == (2, 5, D)
+    # three context slots that are all padding behave like no context at all
+    x3, t3, is_target3 = dit_inputs(n_context=3, n_target=5)
+    x3[:, 3:] = x
+    t3[:, 3:] = t
+    valid = is_target3.clone()
+    out3 = model(x3, t3, is_target3, valid)
+    assert torch.allclose(out3[:, 3:], out, atol=1e-5)
+    assert torch.isfinite(out3).all()
+
+def test_dit_attn_mask_is_honoured():
+    model = tiny_dit()
+    x, t, is_target = dit_inputs()
+    L = x.size(1)
+    # block-causal with blocks [0..3] and [4..8]: the first block cannot see the second
+    block_id = (torch.arange(L) >= 4).long()
+    attn_mask = block_id[:, None] >= block_id[None, :]
+    other = x.clone()
+    other[:, 4:] = torch.randn(2, 5, D)
+    out = model(x, t, is_target, attn_mask=attn_mask)
+    out_other = model(other, t, is_target, attn_mask=attn_mask)
+    assert torch.allclose(out[:, :4], out_other[:, :4], atol=1e-6)
+    assert not torch.allclose(out[:, 4:], out_other[:, 4:])
+    # a per-example (B, L, L) mask gives the same result
+    out_batched = model(x, t, is_target, attn_mask=attn_mask.expand(2, L, L))
+    assert torch.allclose(out, out_batched, atol=1e-6)
+
+# -----------------------------------------------------------------------------
+# GPT
+
+def small_hf_gpt2(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=V, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                        bos_token_id=0, eos_token_id=0)
+    hf = GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path)
+    return hf
+
+def test_gpt_shapes_and_loss():
+    model = tiny_gpt()
+    idx = torch.randint(0, V, (2, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (2, 10, V) and loss is None
+    targets = idx.clone()
+    targets[:, 5:] = -1
+    _, loss = model(idx, targets)
+    _, loss_first = model(idx[:, :5], idx[:, :5])
+    assert loss.dtype == torch.float32
+    assert torch.allclose(loss, loss_first, atol=1e-6)   # causal + ignored targets
+
+def test_gpt_from_pretrained_matches_transformers(tmp_path):
+    hf = small_hf_gpt2(tmp_path)
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    idx = torch.randint(0, V, (2, 16))
+    with torch.no_grad():
+        expected = hf(idx).logits
+    logits, _ = model(idx)
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+def test_gpt_save_pretrained_round_trip(tmp_path):
+    from transformers import GPT2LMHeadModel
+    model = tiny_gpt()
+    model.save_pretrained(str(tmp_path))
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    idx = torch.randint(0, V, (2, 16))
+    with torch.no_grad():
+        expected = hf(idx).logits
+    assert torch.allclose(model(idx)[0], expected, atol=1e-5)
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=1.0, top_k=20),
+                                      dict(temperature=0.8, top_p=0.9)])
+def test_gpt_generate_cache_matches_no_cache(sampling):
+    model = tiny_gpt()
+    idx = torch.randint(0, V, (2, 5))
+    generate = lambda use_cache: model.generate(
+        idx, 12, use_cache=use_cache, generator=torch.Generator().manual_seed(1), **sampling)
+    with_cache, without = generate(True), generate(False)
+    assert with_cache.shape == (2, 17)
+    assert torch.equal(with_cache[:, :5], idx)
+    assert torch.equal(with_cache, without)
+
+def test_gpt_block_size_limits():
+    model = tiny_gpt()
+    idx = torch.randint(0, V, (1, 30))
+    with pytest.raises(ValueError, match="block_size"):
+        model.generate(idx, 5, use_cache=True)
+    assert model.generate(idx, 5, temperature=0.0, use_cache=False).shape == (1, 35)   # cropped
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+# -----------------------------------------------------------------------------
+# Configs, presets, parameter counts
+
+def test_make_config_presets_and_errors():
+    assert make_config('gpt', 'gpt2').n_layer == 12
+    cfg = make_config('vae', 'tiny', latent_dim=32, causal=True)
+    assert cfg.latent_dim == 32 and cfg.causal and cfg.repa_layer == cfg.n_enc_layer // 2
+    assert isinstance(make_config('dit', 'tiny'), DiTConfig)
+    with pytest.raises(ValueError, match="dit-b"):
+        make_config('dit', 'huge')
+    with pytest.raises(ValueError, match="n_layers"):
+        make_config('gpt', 'tiny', n_layers=3)
+    with pytest.raises(ValueError):
+        make_config('bert', 'tiny')
+
+@pytest.mark.parametrize("kind,cls,size,target", [
+    ('dit', DiT, 'dit-b', 114e6), ('dit', DiT, 'dit-m', 328e6), ('dit', DiT, 'dit-l', 768e6),
+    ('vae', TextVAE, 'paper', 350e6), ('gpt', GPT, 'gpt2', 124e6),
+    ('gpt', GPT, 'gpt2-medium', 355e6), ('gpt', GPT, 'gpt2-large', 774e6)])
+def test_paper_size_parameter_counts(kind, cls, size, target):
+    with torch.device('meta'):   # shapes only: no memory, no init cost
+        model = cls(make_config(kind, size))
+    assert abs(model.num_params(non_embedding=False) / target - 1) < 0.15
+
+def test_every_preset_builds_and_counts_flops():
+    families = [('vae', TextVAE, VAE_SIZES), ('dit', DiT, DIT_SIZES), ('gpt', GPT, GPT_SIZES)]
+    for kind, cls, sizes in families:
+        for size in sizes:
+            with torch.device('meta'):
+                model = cls(make_config(kind, size))
+            n = model.num_params()
+            assert 0 < n < model.num_params(non_embedding=False)
+            assert model.flops_per_token(1024) > 6 * n
+
+def test_gpt_kv_cache_chunks_match_full_forward():
+    model = tiny_gpt()
+    idx = torch.randint(0, V, (2, 12))
+    full, _ = model(idx)
+    cache = KVCache(model.config.n_layer)
+    parts = (idx[:, :5], idx[:, 5:9], idx[:, 9:10], idx[:, 10:])   # prefill, chunk, 1 token, rest
+    chunks = [model(part, kv_cache=cache)[0] for part in parts]
+    assert cache.seq_len() == 12
+    assert torch.allclose(torch.cat(chunks, dim=1), full, atol=1e-5)
+    # without a cache, pos_offset places a window later in the sequence
+    assert model(idx[:, :4], pos_offset=3)[0].shape == (2, 4, V)
+    with pytest.raises(ValueError, match="pos_offset"):
+        model(idx[:, :1], kv_cache=cache, pos_offset=3)

@@ -1,0 +1,70 @@
+"""
+The autoregressive baseline: a GPT-2 style model trained on the same memmaps as TextLDM.
+Its checkpoint exports as a transformers GPT-2 folder, so it can be the REPA teacher of the
+VAE (config/tiny.py does this) or the judge of generative perplexity.
+
+    python train_gpt.py config/tiny.py
+    torchrun --standalone --nproc_per_node=8 train_gpt.py config/owt.py
+"""
+import dataclasses
+import os
+import shutil
+
+import torch
+import torch.nn as nn
+
+import common
+from model import GPT, make_config
+
+# -----------------------------------------------------------------------------
+# defaults (a config file and --key=value override them; `gpt_key` in a config file is ours alone)
+out_dir = 'out/tiny'
+data_dir = 'data/tiny'
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
+compile = False
+seed = 1337
+size = 'tiny'            # a preset of model.GPT_SIZES
+block_size = 256         # context length in tokens
+dropout = 0.0
+export_dir = '{out_dir}/gpt_hf'  # the transformers GPT-2 folder written at the end ('' = none)
+compact_vocab = False    # renumber to the ids that occur in the data (small corpora, CPU)
+globals().update(common.TRAIN_DEFAULTS)
+# -----------------------------------------------------------------------------
+config = common.configure(globals(), 'gpt')
+common.check_precision(device, dtype)
+
+
+class NextTokenObjective(nn.Module):
+    """Cross-entropy of the next token, the usual language-model loss."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, x, y):
+        _, loss = self.gpt(x, y)
+        return loss, {}
+
+
+def batch_fn(split, rng):
+    window = torch.from_numpy(data.windows(split, batch_size, block_size + 1, rng))
+    return window[:, :-1], window[:, 1:]
+
+
+dist_ = common.Dist(device)
+common.seed_everything(seed + dist_.rank)
+data = common.TokenData(data_dir, compact_vocab)
+gpt_config = make_config('gpt', size, vocab_size=data.vocab.size, block_size=block_size, dropout=dropout)
+gpt = GPT(gpt_config)
+common.print0(dist_, f"GPT '{size}': {gpt.num_params() / 1e6:.2f}M parameters")
+objective = common.train(config, 'gpt', NextTokenObjective(gpt), batch_fn, dist_, 
+                         {**dataclasses.asdict(gpt_config), 'vocab_ids': data.vocab.state()},
+                         flops_per_token=gpt.flops_per_token(block_size), tokens_per_sample=block_size)
+if dist_.master and export_dir:
+    # written beside, then swapped in: a kill never leaves a half-written teacher folder
+    common.export_gpt(objective.gpt, data.vocab, export_dir + '.tmp')
+    shutil.rmtree(export_dir, ignore_errors=True)
+    os.replace(export_dir + '.tmp', export_dir)
+    print(f"exported a transformers GPT-2 folder to {export_dir}")
+dist_.close()

@@ -1,0 +1,244 @@
+"""
+Stage 1: the text VAE. Tokens -> one latent per token -> tokens again, with
+    loss = CE(reconstruction) + beta * KL + lambda * REPA,
+where REPA aligns an intermediate encoder block (through a small projector) with the hidden
+states of a frozen pretrained language model, the teacher. At the end, the per-channel mean
+and std of the latents are measured on data and stored in vae.pt for the DiT to normalise with.
+
+    python train_vae.py config/tiny.py
+    torchrun --standalone --nproc_per_node=8 train_vae.py config/owt.py
+"""
+import codecs
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+from model import Projector, TextVAE, kl_divergence, make_config, repa_loss
+
+# -----------------------------------------------------------------------------
+# defaults (a config file and --key=value override them; `vae_key` in a config file is ours alone)
+out_dir = 'out/tiny'
+data_dir = 'data/tiny'
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
+compile = False
+seed = 1337
+size = 'tiny'              # a preset of model.VAE_SIZES
+block_size = 256           # window length in tokens
+latent_dim = 64            # channels per token latent
+causal = False             # causal encoder/decoder (for the block-causal prior)
+dropout = 0.0
+kl_weight = 1e-3           # beta, reached by a linear warm-up over kl_warmup_iters
+kl_warmup_iters = 1000
+truncate_prob = 0.5        # share of windows cut to a random length, so any input length works
+min_length = 4
+repa_teacher = '{out_dir}/gpt_hf'  # transformers causal LM, hub name or folder; None = no REPA
+repa_teacher_layer = -3    # index into the teacher's hidden_states: third from the last
+repa_layer = 0             # encoder block whose output is aligned (1-based; 0 = the preset's)
+repa_weight = 1.0          # lambda
+projector_dim = 2048       # hidden width of the REPA projector MLP
+stats_batches = 20         # batches of training windows for the latent mean/std
+compact_vocab = False      # renumber to the ids that occur in the data (small corpora, CPU)
+globals().update(common.TRAIN_DEFAULTS)
+# -----------------------------------------------------------------------------
+config = common.configure(globals(), 'vae')
+common.check_precision(device, dtype)
+
+
+# -----------------------------------------------------------------------------
+# The REPA teacher
+
+class Teacher:
+    """A frozen causal LM from transformers. Not an nn.Module attribute of the objective, so it
+    is neither trained, nor saved, nor wrapped by DDP or torch.compile."""
+
+    def __init__(self, name_or_path, layer, device, dtype):
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        try:
+            self.config = AutoConfig.from_pretrained(name_or_path)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                name_or_path, dtype=torch.bfloat16 if device.startswith('cuda') else torch.float32)
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"cannot load the REPA teacher '{name_or_path}': {e}\n"
+                             f"(set repa_teacher to a transformers causal LM, or None to train without REPA)")
+        self.model.requires_grad_(False).eval().to(device)
+        self.layer, self.device = layer, device
+        self.hidden_size = self.config.hidden_size
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError, KeyError, TypeError):
+            self.tokenizer = None
+        # One to one when the teacher reads GPT-2 ids (or a compact renumbering of them, as an
+        # exported tiny GPT does): then self.vocab maps GPT-2 ids to the teacher's ids.
+        self.vocab = self._token_space()
+        self.same_tokens = self.vocab is not None
+        how = 'one to one (GPT-2 tokens)' if self.same_tokens else 'through character offsets'
+        print(f"REPA teacher {name_or_path}: hidden {self.hidden_size}, layer {layer}, aligned {how}")
+
+    def _token_space(self):
+        compact = getattr(self.config, 'textldm_vocab_ids', None)
+        if compact is not None:
+            return common.Vocab(compact)
+        probe = "Hello world, it's 3.14 -- naïve café 日本語\n\n  end"
+        if self.tokenizer is None:
+            if self.config.vocab_size != common.VOCAB_SIZE:
+                raise SystemExit("the REPA teacher has no tokenizer and is not GPT-2 sized: "
+                                 "save its tokenizer in its folder")
+            return common.Vocab()  # a tokenizer-less GPT-2 export: same ids as ours
+        theirs = self.tokenizer(probe, add_special_tokens=False)['input_ids']
+        return common.Vocab() if theirs == common.encode(probe) else None
+
+    def inputs(self, idx, valid, vocab):
+        """CPU side, run while building the batch: the teacher's input ids and mask, and the
+        alignment (rows of [batch, our position, teacher position]) when the tokenizers differ.
+        idx is in the ids of `vocab` (the VAE's), padded with its end-of-text token."""
+        gpt2_ids = vocab.to_gpt2(idx.numpy())
+        if self.same_tokens:
+            return torch.from_numpy(self.vocab.from_gpt2(gpt2_ids)), valid, torch.zeros(0, 3, dtype=torch.long)
+        rows = [align_by_characters(ids[v].tolist(), self.tokenizer) for ids, v in zip(gpt2_ids, valid.numpy())]
+        width = max(1, max(len(teacher_ids) for teacher_ids, _ in rows))
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        pairs = []
+        for b, (teacher_ids, pairs_b) in enumerate(rows):
+            ids[b, :len(teacher_ids)] = torch.tensor(teacher_ids, dtype=torch.long)
+            mask[b, :len(teacher_ids)] = True
+            pairs += [(b, i, j) for i, j in pairs_b]
+        return ids, mask, torch.tensor(pairs, dtype=torch.long).reshape(-1, 3)
+
+    @torch.compiler.disable
+    @torch.no_grad()
+    def features(self, ids, mask, pairs, length):
+        """(B, length, hidden) fp32 teacher states on our token positions, and (B, length) bool:
+        which of our positions got one. With different tokenizers, a token of ours takes the
+        mean of the states of every teacher token that overlaps its characters."""
+        out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+        states = out.hidden_states[self.layer].float()
+        if self.same_tokens:
+            return states, mask
+        b, i, j = pairs.unbind(1)
+        summed = states.new_zeros(ids.shape[0], length, states.shape[-1]).index_put_((b, i), states[b, j], accumulate=True)
+        count = states.new_zeros(ids.shape[0], length).index_put_((b, i), states.new_ones(len(b)), accumulate=True)
+        return summed / count.clamp(min=1).unsqueeze(-1), count > 0
+
+
+def align_by_characters(ids, tokenizer):
+    """Decode our tokens to text, tokenize it with the teacher's tokenizer, and pair each of our
+    tokens with the teacher tokens whose character spans overlap its own. Bytes are decoded
+    incrementally, so a window that starts or ends inside a UTF-8 character decodes to U+FFFD
+    there instead of failing; a token that completes no character takes the character it
+    begins. <|endoftext|> becomes a blank line, the document break a teacher expects."""
+    enc, decoder = common.get_tokenizer(), codecs.getincrementaldecoder('utf-8')('replace')
+    pieces, starts = [], []
+    for t in ids:
+        starts.append(sum(map(len, pieces)))
+        pieces.append('\n\n' if t == common.EOT else decoder.decode(enc.decode_single_token_bytes(t)))
+    pieces.append(decoder.decode(b'', final=True))
+    text = ''.join(pieces)
+    ends = starts[1:] + [len(text)]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = np.array(encoded['offset_mapping'], dtype=np.int64).reshape(-1, 2)
+    pairs = []
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        e = max(e, min(s + 1, len(text)))  # an empty span: the character this token begins
+        first = np.searchsorted(offsets[:, 1], s, side='right')  # first teacher token ending after s
+        last = np.searchsorted(offsets[:, 0], e, side='left')   # first teacher token starting at/after e
+        pairs += [(i, j) for j in range(first, last)]
+    return encoded['input_ids'], pairs
+
+
+# -----------------------------------------------------------------------------
+# The objective
+
+class VAEObjective(nn.Module):
+    """CE + beta * KL + lambda * REPA; each term is also returned on its own, for logging."""
+
+    def __init__(self, vae, projector, teacher, repa_weight):
+        super().__init__()
+        self.vae, self.projector = vae, projector
+        self.teacher, self.repa_weight = teacher, repa_weight
+        # beta as a tensor: changing it during the warm-up must not trigger a recompile
+        self.register_buffer('kl_weight', torch.zeros(()), persistent=False)
+
+    def forward(self, idx, valid, *teacher_batch):
+        logits, mean, logvar, hidden = self.vae(idx, valid, sample=self.training)
+        ce = F.cross_entropy(logits.float().flatten(0, 1), idx.flatten(), reduction='none')
+        weights = valid.flatten().float() / valid.sum().clamp(min=1)
+        recon_ce = (ce * weights).sum()
+        recon_acc = ((logits.argmax(-1) == idx).flatten().float() * weights).sum()
+        kl = kl_divergence(mean, logvar, valid)
+        loss = recon_ce + self.kl_weight * kl
+        metrics = {'recon_ce': recon_ce.detach(), 'recon_acc': recon_acc, 'kl': kl.detach()}
+        if self.teacher is not None:
+            target, has_target = self.teacher.features(*teacher_batch, idx.shape[1])
+            repa = repa_loss(self.projector(hidden), target, valid & has_target)
+            loss = loss + self.repa_weight * repa
+            metrics['repa'] = repa.detach()
+        return loss, metrics
+
+
+def batch_fn(split, rng):
+    """Random windows, a share of them cut to a random length (the rest marked invalid)."""
+    idx = data.windows(split, batch_size, block_size, rng)
+    lengths = np.where(rng.random(batch_size) < truncate_prob,
+                       rng.integers(min_length, block_size + 1, size=batch_size), block_size)
+    valid = np.arange(block_size)[None, :] < lengths[:, None]
+    idx = torch.from_numpy(np.where(valid, idx, data.vocab.eot))
+    valid = torch.from_numpy(valid)
+    return (idx, valid) + (teacher.inputs(idx, valid, data.vocab) if teacher else ())
+
+
+@torch.no_grad()
+def latent_statistics(vae, rng):
+    """Per-channel mean and std of the posterior means over full training windows."""
+    vae.eval()
+    latents = []
+    for _ in range(stats_batches):
+        idx = torch.from_numpy(data.windows('train', batch_size, block_size, rng)).to(dist_.device)
+        with common.autocast(dist_.device_type, dtype):
+            mean, _, _ = vae.encode(idx)
+        latents.append(mean.float().flatten(0, 1))
+    latents = torch.cat(latents)
+    return latents.mean(0).cpu(), latents.std(0).cpu()
+
+
+# -----------------------------------------------------------------------------
+dist_ = common.Dist(device)
+common.seed_everything(seed + dist_.rank)
+data = common.TokenData(data_dir, compact_vocab)
+overrides = dict(vocab_size=data.vocab.size, block_size=block_size, latent_dim=latent_dim, causal=causal, dropout=dropout)
+if repa_layer:
+    overrides['repa_layer'] = repa_layer
+vae_config = make_config('vae', size, **overrides)
+vae = TextVAE(vae_config)
+teacher = Teacher(repa_teacher, repa_teacher_layer, dist_.device, dtype) if repa_teacher else None
+projector = Projector(vae_config.n_embd, projector_dim, teacher.hidden_size) if teacher else None
+model_args = {**dataclasses.asdict(vae_config), 'vocab_ids': data.vocab.state(), 'projector_dim': projector_dim,
+              'teacher_hidden': teacher.hidden_size if teacher else None}
+if init_from == 'resume':
+    saved = common.load_checkpoint(f'{out_dir}/vae.pt', 'vae checkpoint to resume')['model_args']
+    if saved.get('teacher_hidden') != model_args['teacher_hidden']:
+        raise SystemExit(f"REPA teacher width {model_args['teacher_hidden']} differs from the "
+                         f"checkpoint's projector output {saved.get('teacher_hidden')}: same teacher to resume")
+common.print0(dist_, f"VAE '{size}': {vae.num_params() / 1e6:.2f}M parameters, latent {latent_dim}/token")
+
+
+def warm_up_kl(it):
+    objective.kl_weight.fill_(kl_weight * min(1.0, it / max(1, kl_warmup_iters)))
+
+
+objective = VAEObjective(vae, projector, teacher, repa_weight)
+common.train(config, 'vae', objective, batch_fn, dist_, model_args,
+             flops_per_token=vae.flops_per_token(block_size), tokens_per_sample=block_size,
+             before_step=warm_up_kl)
+if dist_.master:
+    latent_mean, latent_std = latent_statistics(vae, np.random.default_rng([seed, 2]))
+    common.update_checkpoint(f'{out_dir}/vae.pt', latent_mean=latent_mean, latent_std=latent_std)
+    print(f"latent stats stored in {out_dir}/vae.pt: |mean| {latent_mean.abs().mean():.3f}, "
+          f"std {latent_std.mean():.3f} (averaged over channels)")
+dist_.close()

@@ -204,14 +204,14 @@ class Dist:
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
             torch.backends.cudnn.allow_tf32 = True
 
-    def all_reduce_mean(self, values):
-        """Average a dict of floats over ranks (for evaluation metrics)."""
+    def all_reduce_sum(self, values):
+        """Sum a dict of floats over ranks (evaluation metrics and their counts)."""
         if not self.ddp:
             return values
         keys = sorted(values)
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return {k: v / self.world_size for k, v in zip(keys, t.tolist())}
+        dist.all_reduce(t)
+        return dict(zip(keys, t.tolist()))
 
     def close(self):
         if self.ddp:
@@ -284,7 +284,7 @@ class TokenData:
     per call (nanoGPT's fix for a memory leak) and checks meta.json, so data of another
     tokenizer is refused."""
 
-    def __init__(self, data_dir, compact_vocab=False):
+    def __init__(self, data_dir, compact_vocab=False, vocab=None):
         meta_path = os.path.join(data_dir, 'meta.json')
         if not os.path.isfile(meta_path):
             raise SystemExit(f"no prepared data in '{data_dir}' (missing meta.json): "
@@ -295,7 +295,8 @@ class TokenData:
             raise SystemExit(f"{meta_path}: data tokenized with {self.meta.get('tokenizer')!r} "
                              f"(vocab {self.meta.get('vocab_size')}); this project needs 'gpt2' (50257)")
         self.data_dir = data_dir
-        self.vocab = Vocab(self._ids_in_data() if compact_vocab else None)
+        # a later stage passes the vocabulary its VAE was trained with
+        self.vocab = vocab or Vocab(self._ids_in_data() if compact_vocab else None)
 
     def _memmap(self, split):
         path = os.path.join(self.data_dir, f'{split}.bin')
@@ -314,7 +315,7 @@ class TokenData:
             raise SystemExit(f"{split}.bin has {len(data)} tokens, fewer than one window of {length}")
         starts = rng.integers(0, len(data) - length, size=batch_size)
         windows = np.stack([data[s:s + length] for s in starts]).astype(np.int64)
-        return windows if self.vocab.lookup is None else self.vocab.lookup[windows]
+        return windows if self.vocab.lookup is None else self.vocab.from_gpt2(windows)
 
 
 def to_device(batch, device):
@@ -340,19 +341,20 @@ def load_checkpoint(path, what='checkpoint'):
     return torch.load(path, map_location='cpu', weights_only=False)
 
 
-def rng_state(data_rng):
+def rng_state(data_streams):
     return {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state(),
             'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-            'data': data_rng.bit_generator.state}
+            'data': [stream.bit_generator.state for stream in data_streams]}
 
 
-def set_rng_state(state, data_rng):
+def set_rng_state(state, data_streams):
     random.setstate(state['python'])
     np.random.set_state(state['numpy'])
     torch.set_rng_state(state['torch'])
     if state['cuda'] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state['cuda'])
-    data_rng.bit_generator.state = state['data']
+    for stream, saved in zip(data_streams, state['data']):
+        stream.bit_generator.state = saved
 
 
 def seed_everything(seed):
@@ -401,7 +403,7 @@ def evaluate(objective, val_batches, dist_, dtype, seed):
     """Mean of each metric over the fixed validation batches. Torch's RNG is forked and seeded,
     so the noise drawn in evaluation is the same every time and training's stream is untouched."""
     objective.eval()
-    sums = {}
+    sums = {'loss': 0.0}  # every rank sends the same keys, even one with no batches
     with torch.random.fork_rng(devices=[dist_.device] if dist_.device_type == 'cuda' else []):
         torch.manual_seed(seed + dist_.rank)
         for batch in val_batches:
@@ -410,7 +412,9 @@ def evaluate(objective, val_batches, dist_, dtype, seed):
             for k, v in {'loss': loss, **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
     objective.train()
-    return dist_.all_reduce_mean({f'val_{k}': v / len(val_batches) for k, v in sums.items()})
+    sums = dist_.all_reduce_sum({**sums, 'count': float(len(val_batches))})
+    count = max(1.0, sums.pop('count'))
+    return {f'val_{k}': v / count for k, v in sums.items()}
 
 
 def ema_update(ema, model, decay):
@@ -434,6 +438,8 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
         raise ConfigError(f"gradient_accumulation_steps={accum} must be divisible by the "
                           f"{dist_.world_size} ranks")
     accum //= dist_.world_size  # the global count is split across ranks
+    if cfg['eval_iters'] % dist_.world_size:
+        raise ConfigError(f"eval_iters={cfg['eval_iters']} must be divisible by the {dist_.world_size} ranks")
     if dist_.master:
         os.makedirs(out_dir, exist_ok=True)
 
@@ -441,10 +447,12 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
     optimizer = make_optimizer(raw, cfg['learning_rate'], cfg['weight_decay'], cfg['beta1'],
                                cfg['beta2'], dist_.device_type)
     scaler = torch.amp.GradScaler(dist_.device_type, enabled=dtype == 'float16')
-    data_rng = np.random.default_rng([cfg['seed'], dist_.rank])
-    # Fixed validation batches, drawn once with their own seed.
-    val_rng = np.random.default_rng([cfg['seed'], dist_.rank, 1])
-    val_batches = [batch_fn('val', val_rng) for _ in range(cfg['eval_iters'])]
+    # One data stream per global micro-step: rank r owns streams r*accum .. r*accum+accum-1, so
+    # N ranks see exactly the batches one process with N times the accumulation would see.
+    data_streams = [np.random.default_rng([cfg['seed'], dist_.rank * accum + m]) for m in range(accum)]
+    # Fixed validation batches, drawn once from their own stream and dealt out to the ranks.
+    val_rng = np.random.default_rng([cfg['seed'], 2 ** 31])
+    val_batches = [batch_fn('val', val_rng) for _ in range(cfg['eval_iters'])][dist_.rank::dist_.world_size]
     iter_num, best_val_loss, resumed_at = 0, float('inf'), None
 
     if cfg['init_from'] == 'resume':
@@ -459,13 +467,13 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
         if len(ckpt['rng']) != dist_.world_size:
             raise SystemExit(f"checkpoint was written by {len(ckpt['rng'])} ranks, this run has "
                              f"{dist_.world_size}: exact resume needs the same number")
-        set_rng_state(ckpt['rng'][dist_.rank], data_rng)
+        set_rng_state(ckpt['rng'][dist_.rank], data_streams)
         batch = ckpt['next_batch'][dist_.rank]
         print0(dist_, f"resumed {ckpt_path} at iter {iter_num}")
     elif cfg['init_from'] != 'scratch':
         raise ConfigError(f"init_from={cfg['init_from']!r}: choose 'scratch' or 'resume'")
     else:
-        batch = batch_fn('train', data_rng)
+        batch = batch_fn('train', data_streams[0])
 
     model = torch.compile(raw) if cfg['compile'] else raw
     if dist_.ddp:
@@ -474,7 +482,7 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
     wandb = init_wandb(cfg, stage) if dist_.master else None
 
     def save():
-        states = gather(dist_, rng_state(data_rng)), gather(dist_, batch)
+        states = gather(dist_, rng_state(data_streams)), gather(dist_, batch)
         if dist_.master:
             save_atomic({'model': raw.state_dict(), 'optimizer': optimizer.state_dict(),
                          'scaler': scaler.state_dict(), 'ema': ema[0].state_dict() if ema else None,
@@ -513,7 +521,7 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
                 model.require_backward_grad_sync = micro == accum - 1
             with autocast(dist_.device_type, dtype):
                 loss, _ = model(*to_device(batch, device))
-            batch = batch_fn('train', data_rng)  # the next batch, built while the GPU works
+            batch = batch_fn('train', data_streams[(micro + 1) % accum])  # built while the GPU works
             scaler.scale(loss / accum).backward()
         nonfinite |= ~torch.isfinite(loss.detach())
         if cfg['grad_clip'] > 0:
@@ -663,3 +671,30 @@ def export_gpt(gpt, vocab, folder):
         hf_config['textldm_vocab_ids'] = vocab.state()
         with open(path, 'w') as f:
             json.dump(hf_config, f, indent=2)
+
+
+class LatentSpace:
+    """The frozen VAE as the DiT sees it: tokens -> per-channel normalised latents and back.
+    A plain object, not an nn.Module, so it is never trained, saved with the DiT, or DDP-wrapped.
+    The latents are the posterior means, normalised with the mean/std train_vae.py measured."""
+
+    def __init__(self, vae_path, device):
+        self.vae, self.vocab, ckpt = load_model(vae_path, 'vae')
+        if 'latent_mean' not in ckpt:
+            raise SystemExit(f"{vae_path} has no latent statistics: it is not a finished train_vae.py run")
+        self.vae.requires_grad_(False).to(device)
+        self.mean = torch.as_tensor(ckpt['latent_mean'], dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(ckpt['latent_std'], dtype=torch.float32, device=device).clamp(min=1e-6)
+        self.latent_dim, self.block_size = self.vae.config.latent_dim, self.vae.config.block_size
+
+    @torch.no_grad()
+    def encode(self, idx, valid=None):
+        """(B, T) ids -> (B, T, latent_dim) fp32 normalised latents."""
+        mean, _, _ = self.vae.encode(idx, valid)
+        return (mean.float() - self.mean) / self.std
+
+    @torch.no_grad()
+    def decode(self, z, valid=None):
+        """(B, T, latent_dim) normalised latents -> (B, T) token ids (argmax of the decoder)."""
+        z = z.to(self.mean.dtype) * self.std + self.mean
+        return self.vae.decode(z.to(next(self.vae.parameters()).dtype), valid).argmax(-1)

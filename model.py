@@ -495,6 +495,20 @@ class DiT(nn.Module):
         cfg = self.config
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
+def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None):
+    """Flow matching on the straight path from noise (t=0) to data (t=1).
+
+    x_data: (B, L, D) clean latents (context and target); t: (B,) time of each row's target;
+    is_target: (B, L) bool. Context positions stay clean (t = 1); the loss is the mean squared
+    error of the velocity x_data - noise over target positions only, in fp32."""
+    noise = torch.randn_like(x_data) if noise is None else noise
+    times = torch.where(is_target, t[:, None].to(x_data.dtype), 1.0)
+    x_t = times[..., None] * x_data + (1 - times[..., None]) * noise  # = x_data where t = 1
+    velocity = dit(x_t, times, is_target, valid)
+    error = (velocity.float() - (x_data - noise).float()).pow(2).mean(-1)
+    return (error * is_target).sum() / is_target.sum().clamp(min=1)
+
+
 # -----------------------------------------------------------------------------
 # Baseline: GPT-2 (same weights and logits as transformers' GPT2LMHeadModel)
 

@@ -38,3 +38,11 @@ vae_learning_rate = 1e-3
 vae_min_lr = 1e-4
 vae_kl_warmup_iters = 200
 vae_projector_dim = 256
+
+# the DiT
+dit_block_size = 128
+dit_max_iters = 600
+dit_lr_decay_iters = 600
+dit_learning_rate = 1e-3
+dit_min_lr = 1e-4
+dit_ema_decay = 0.995

@@ -1,0 +1,214 @@
+"""
+Continue a prompt (or generate from nothing) with TextLDM or with the GPT baseline.
+
+TextLDM: encode the prompt with the VAE, draw Gaussian noise for the whole continuation,
+integrate the flow ODE from t = 0 (noise) to t = 1 (data) with the DiT's velocity (Euler or
+Heun, classifier-free guidance), then decode every token in parallel with the VAE and cut at
+the first <|endoftext|>. The number of network evaluations does not grow with the length.
+
+    python sample.py config/tiny.py --prompt="Mia had 3 apples." --num_samples=4
+    python sample.py config/tiny.py --model=gpt --prompt="FILE:prompt.txt" --out=samples.jsonl
+"""
+import json
+import os
+import time
+
+import torch
+
+import common
+
+# -----------------------------------------------------------------------------
+# defaults (a config file and --key=value override them; `sample_key` in a config file is ours alone)
+out_dir = 'out/tiny'
+data_dir = 'data/tiny'
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
+compile = False
+seed = 1337
+model = 'textldm'          # 'textldm' or 'gpt'
+prompt = ''                # text, 'FILE:path' to read it from a file, or '' for unconditional
+num_samples = 4
+max_new_tokens = 64
+out = ''                   # a .jsonl file for {prompt, continuation, ...} records ('' = none)
+dit_path = '{out_dir}/dit.pt'
+gpt_path = '{out_dir}/gpt.pt'
+steps = 50                 # ODE steps
+solver = 'euler'           # 'euler' or 'heun'
+cfg_scale = 7.0            # classifier-free guidance; 1 = the conditional model alone
+guidance_min_t = 0.0       # guidance only for t in [guidance_min_t, guidance_max_t]
+guidance_max_t = 1.0
+time_grid = 'uniform'      # 'uniform' or 'logit_normal' (the training distribution's quantiles)
+logit_normal_std = 1.5
+ode_dtype = 'float64'      # the ODE state and its updates; the network runs in `dtype`
+temperature = 1.0          # GPT sampling
+top_k = 0                  # 0 = off
+top_p = 1.0                # 1 = off
+# -----------------------------------------------------------------------------
+
+
+# -----------------------------------------------------------------------------
+# The flow ODE
+
+def make_time_grid(steps, kind='uniform', std=1.5):
+    """steps + 1 times from 0 (noise) to 1 (data), fp64. 'logit_normal' spaces them like the
+    quantiles of the training distribution, so steps are dense where training put its weight."""
+    if kind == 'uniform':
+        return torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    if kind == 'logit_normal':
+        inner = torch.sigmoid(std * torch.special.ndtri(torch.arange(1, steps, dtype=torch.float64) / steps))
+        return torch.cat([torch.zeros(1, dtype=torch.float64), inner, torch.ones(1, dtype=torch.float64)])
+    raise ValueError(f"time grid {kind!r}: 'uniform' or 'logit_normal'")
+
+
+def guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net_dtype):
+    """The DiT's velocity at scalar time t for the target positions; with scale != 1 the
+    conditional and unconditional (no context) passes run as one batch and are combined:
+    v = v_uncond + scale * (v_cond - v_uncond)."""
+    B = x.shape[0]
+    times = torch.where(is_target, torch.full_like(x[..., 0], float(t)), torch.ones_like(x[..., 0]))
+    guided = scale != 1.0
+    if guided:
+        x, times = torch.cat([x, x]), torch.cat([times, times])
+        is_target, valid = torch.cat([is_target, is_target]), torch.cat([valid, unconditional_valid])
+    v = dit(x.to(net_dtype), times.to(net_dtype), is_target, valid).to(x.dtype)
+    return v[B:] + scale * (v[:B] - v[B:]) if guided else v
+
+
+@torch.no_grad()
+def sample_flow(dit, context, context_valid, target_valid, steps=50, solver='euler', cfg_scale=7.0,
+                guidance_interval=(0.0, 1.0), grid='uniform', std=1.5, ode_dtype=torch.float64,
+                generator=None, net_dtype=torch.float32):
+    """Integrate the ODE for the target latents. context: (B, C, D) normalised clean latents
+    (C may be 0) with context_valid (B, C); target_valid (B, N). Returns (B, N, D) latents."""
+    B, C, D = context.shape
+    N = target_valid.shape[1]
+    noise = torch.randn(B, N, D, generator=generator, device=context.device, dtype=torch.float64)
+    x = torch.cat([context.to(ode_dtype), noise.to(ode_dtype)], dim=1)
+    is_target = torch.arange(C + N, device=x.device).expand(B, -1) >= C
+    valid = torch.cat([context_valid, target_valid], dim=1)
+    unconditional_valid = valid & is_target
+    times = make_time_grid(steps, grid, std)
+
+    def velocity(x, t):
+        scale = cfg_scale if guidance_interval[0] <= t <= guidance_interval[1] else 1.0
+        v = guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net_dtype)
+        return torch.where(is_target[..., None], v, 0.0)  # the context stays clean
+
+    for t0, t1 in zip(times[:-1].tolist(), times[1:].tolist()):
+        v0 = velocity(x, t0)
+        if solver == 'heun':
+            v1 = velocity(x + (t1 - t0) * v0, t1)
+            x = x + (t1 - t0) * 0.5 * (v0 + v1)
+        else:
+            x = x + (t1 - t0) * v0
+    return x[:, C:]
+
+
+# -----------------------------------------------------------------------------
+# TextLDM and GPT continuations, from token ids to token ids
+
+def pad_rows(rows, pad, device):
+    """list of id lists -> (B, max_len) long tensor right-padded with `pad`, and its valid mask."""
+    width = max([len(r) for r in rows] + [0])
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return ids.to(device), (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).to(device)
+
+
+def cut_at_eot(ids, eot):
+    ids = list(ids)
+    return ids[:ids.index(eot)] if eot in ids else ids
+
+
+def textldm_continue(dit, space, prompts, lengths, generator=None, **flow):
+    """Continue each prompt (a list of model ids, may be empty) by lengths[i] tokens."""
+    device = space.mean.device
+    context_ids, context_valid = pad_rows(prompts, space.vocab.eot, device)
+    context = (space.encode(context_ids, context_valid) if context_ids.shape[1]
+               else torch.zeros(len(prompts), 0, space.latent_dim, device=device))
+    _, target_valid = pad_rows([[0] * n for n in lengths], 0, device)
+    net_dtype = next(dit.parameters()).dtype
+    latents = sample_flow(dit, context, context_valid, target_valid, generator=generator,
+                          net_dtype=net_dtype, **flow)
+    ids = space.decode(latents, target_valid).cpu()
+    return [cut_at_eot(row[:n].tolist(), space.vocab.eot) for row, n in zip(ids, lengths)]
+
+
+def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, top_k=0, top_p=1.0):
+    """Continue each prompt with the GPT's KV-cached sampler; an empty prompt starts after an
+    <|endoftext|>, i.e. at the beginning of a document."""
+    device = next(gpt.parameters()).device
+    out = []
+    for p, n in zip(prompts, lengths):
+        idx = torch.tensor([list(p) or [vocab.eot]], dtype=torch.long, device=device)
+        row = gpt.generate(idx, n, temperature=temperature, top_k=top_k or None,
+                           top_p=top_p if top_p < 1 else None, generator=generator)
+        out.append(cut_at_eot(row[0, idx.shape[1]:].tolist(), vocab.eot))
+    return out
+
+
+def load_textldm(dit_path, device):
+    """(EMA DiT, LatentSpace) with the checks that a DiT and its VAE belong together."""
+    dit, _, ckpt = common.load_model(dit_path, 'dit', ema=True)
+    space = common.LatentSpace(ckpt['model_args']['vae_path'], device)
+    if dit.config.latent_dim != space.latent_dim:
+        raise SystemExit(f"the DiT in {dit_path} was trained on {dit.config.latent_dim}-channel latents, "
+                         f"the VAE {ckpt['model_args']['vae_path']} makes {space.latent_dim}")
+    return dit.to(device), space
+
+
+def check_lengths(prompt_len, new_tokens, limits):
+    for name, limit in limits:
+        if prompt_len + new_tokens > limit:
+            raise SystemExit(f"prompt of {prompt_len} tokens + {new_tokens} new tokens exceeds the "
+                             f"{name}'s context of {limit} tokens: shorten the prompt or max_new_tokens")
+
+
+# -----------------------------------------------------------------------------
+def main():
+    config = common.configure(globals(), 'sample')
+    common.check_precision(device, dtype)
+    text = prompt
+    if text.startswith('FILE:'):
+        with open(text[5:], encoding='utf-8') as f:
+            text = f.read()
+    generator = torch.Generator(device).manual_seed(seed)
+    torch.manual_seed(seed)
+    if model == 'textldm':
+        if solver not in ('euler', 'heun'):
+            raise common.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")
+        dit, space = load_textldm(dit_path, device)
+        vocab, prompt_ids = space.vocab, space.vocab.encode(text).tolist()
+        check_lengths(len(prompt_ids), max_new_tokens, [('DiT', dit.config.block_size)])
+        check_lengths(len(prompt_ids), 0, [('VAE', space.block_size)])
+        flow = dict(steps=steps, solver=solver, cfg_scale=cfg_scale, grid=time_grid, std=logit_normal_std,
+                    guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype))
+        run = lambda: textldm_continue(dit, space, [prompt_ids] * num_samples, [max_new_tokens] * num_samples,
+                                       generator=generator, **flow)
+    elif model == 'gpt':
+        gpt, vocab, _ = common.load_model(gpt_path, 'gpt')
+        gpt.to(device)
+        prompt_ids = vocab.encode(text).tolist()
+        check_lengths(max(1, len(prompt_ids)), max_new_tokens, [('GPT', gpt.config.block_size)])
+        run = lambda: gpt_continue(gpt, vocab, [prompt_ids] * num_samples, [max_new_tokens] * num_samples,
+                                   generator=generator, temperature=temperature, top_k=top_k, top_p=top_p)
+    else:
+        raise common.ConfigError(f"model={model!r}: 'textldm' or 'gpt'")
+    t0 = time.time()
+    with common.autocast('cuda' if device.startswith('cuda') else 'cpu', dtype):
+        continuations = [vocab.decode(ids) for ids in run()]
+    print(f"{num_samples} samples of up to {max_new_tokens} tokens with {model} in {time.time() - t0:.2f}s")
+    records = [{'model': model, 'seed': seed, 'sample': i, 'prompt': text, 'continuation': c}
+               for i, c in enumerate(continuations)]
+    for r in records:
+        print(f"--- sample {r['sample']}\n{text}\033[1m{r['continuation']}\033[0m" if os.isatty(1)
+              else f"--- sample {r['sample']}\n{text}{r['continuation']}")
+    if out:
+        with open(out, 'w', encoding='utf-8') as f:
+            f.writelines(json.dumps(r) + '\n' for r in records)
+    return records
+
+
+if __name__ == '__main__':
+    main()

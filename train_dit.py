@@ -1,0 +1,117 @@
+"""
+Stage 2: the DiT, a flow-matching prior over the frozen VAE's latents.
+
+Each training window of tokens is cut at a random point into a context (the prompt) and a
+target (the continuation). The VAE encodes the two *separately*; the latents are normalised
+per channel; the clean context latents and the noisy target latents are packed into one
+sequence, and the DiT predicts the velocity of the target positions only.
+
+Time convention (model.py): x_t = t * x_data + (1 - t) * noise, so t = 0 is pure noise and
+t = 1 is data; the velocity is x_data - noise; context latents carry t = 1.
+
+    python train_dit.py config/tiny.py
+    torchrun --standalone --nproc_per_node=8 train_dit.py config/owt.py
+"""
+import copy
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import common
+from model import DiT, flow_matching_loss, make_config
+
+# -----------------------------------------------------------------------------
+# defaults (a config file and --key=value override them; `dit_key` in a config file is ours alone)
+out_dir = 'out/tiny'
+data_dir = 'data/tiny'
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
+compile = False
+seed = 1337
+size = 'tiny'              # a preset of model.DIT_SIZES
+block_size = 256           # window length: context + target tokens
+dropout = 0.0
+vae_path = '{out_dir}/vae.pt'
+context_min = 0.0          # the cut point, as a fraction of the window, is uniform in
+context_max = 0.75         # [context_min, context_max]; at least one target token remains
+timestep_sampling = 'logit_normal'  # or 'uniform'
+logit_normal_std = 1.5     # the paper's choice (1.2 and uniform were worse)
+cfg_dropout = 0.1          # probability of dropping the context, for classifier-free guidance
+ema_decay = 0.9999
+globals().update(common.TRAIN_DEFAULTS)
+# -----------------------------------------------------------------------------
+config = common.configure(globals(), 'dit')
+common.check_precision(device, dtype)
+if timestep_sampling not in ('logit_normal', 'uniform'):
+    raise common.ConfigError(f"timestep_sampling={timestep_sampling!r}: 'logit_normal' or 'uniform'")
+
+
+def sample_timesteps(n, device):
+    """Training times in (0, 1): sigmoid of a normal with std logit_normal_std, or uniform."""
+    if timestep_sampling == 'uniform':
+        return torch.rand(n, device=device)
+    return torch.sigmoid(torch.randn(n, device=device) * logit_normal_std)
+
+
+def pack(context, target, cut):
+    """Context latents (valid up to `cut`) and target latents (valid from 0) of (B, W, D) ->
+    one (B, W, D) sequence: context[:cut] followed by target[:W - cut], and its is_target mask."""
+    B, W, D = target.shape
+    pos = torch.arange(W, device=target.device).expand(B, W)
+    is_target = pos >= cut[:, None]
+    source = torch.where(is_target, pos - cut[:, None], pos)[..., None].expand(B, W, D)
+    packed = torch.where(is_target[..., None], target.gather(1, source), context.gather(1, source))
+    return packed, is_target
+
+
+class FlowMatchingObjective(nn.Module):
+    """Encode, pack, and score the DiT's velocity on the target positions (model.flow_matching_loss)."""
+
+    def __init__(self, dit, space):
+        super().__init__()
+        self.dit, self.space = dit, space  # space is a plain object: the VAE stays frozen, unsaved
+
+    def forward(self, context_idx, context_valid, target_idx, target_valid, cut, drop_context):
+        x_data, is_target = pack(self.space.encode(context_idx, context_valid),
+                                 self.space.encode(target_idx, target_valid), cut)
+        valid = is_target | ~drop_context[:, None]  # a dropped context is all padding
+        t = sample_timesteps(len(cut), cut.device)
+        return flow_matching_loss(self.dit, x_data, t, is_target, valid), {}
+
+
+def batch_fn(split, rng):
+    """Windows cut at a random point: context tokens at the start of one row, target tokens at
+    the start of another (each is encoded on its own), plus the cut and the context-drop flags."""
+    window = data.windows(split, batch_size, block_size, rng)
+    lo, hi = int(context_min * block_size), min(int(context_max * block_size), block_size - 1)
+    cut = rng.integers(lo, hi + 1, size=batch_size)
+    pos = np.arange(block_size)[None, :]
+    context_valid = pos < cut[:, None]
+    target_valid = pos < (block_size - cut)[:, None]
+    shifted = np.take_along_axis(window, np.minimum(pos + cut[:, None], block_size - 1), axis=1)
+    eot = data.vocab.eot
+    drop = rng.random(batch_size) < cfg_dropout
+    return (torch.from_numpy(np.where(context_valid, window, eot)), torch.from_numpy(context_valid),
+            torch.from_numpy(np.where(target_valid, shifted, eot)), torch.from_numpy(target_valid),
+            torch.from_numpy(cut), torch.from_numpy(drop))
+
+
+# -----------------------------------------------------------------------------
+dist_ = common.Dist(device)
+common.seed_everything(seed + dist_.rank)
+space = common.LatentSpace(vae_path, dist_.device)
+data = common.TokenData(data_dir, vocab=space.vocab)  # token ids as the VAE knows them
+if block_size > space.block_size:
+    raise common.ConfigError(f"block_size={block_size} exceeds the VAE's {space.block_size}")
+dit_config = make_config('dit', size, latent_dim=space.latent_dim, block_size=block_size, dropout=dropout)
+dit = DiT(dit_config)
+ema = copy.deepcopy(dit).to(dist_.device).requires_grad_(False)
+model_args = {**dataclasses.asdict(dit_config), 'vae_path': vae_path, 'vocab_ids': space.vocab.state()}
+common.print0(dist_, f"DiT '{size}': {dit.num_params() / 1e6:.2f}M parameters on "
+                     f"{space.latent_dim}-channel latents of {vae_path}")
+common.train(config, 'dit', FlowMatchingObjective(dit, space), batch_fn, dist_, model_args,
+             flops_per_token=dit.flops_per_token(block_size), tokens_per_sample=block_size,
+             ema=(ema, dit, ema_decay))
+dist_.close()

@@ -4,6 +4,7 @@ training machinery (DDP, batches, checkpoints, LR schedule, logging) shared by t
 train_vae.py and train_dit.py.
 """
 import ast
+import codecs
 import contextlib
 import hashlib
 import importlib.util
@@ -24,9 +25,6 @@ import torch.distributed as dist
 # overrides change them. One config file describes a whole experiment, so it may hold keys
 # of every stage; a key written `STAGE_key` (e.g. `vae_max_iters`) applies to that stage only.
 # Precedence: defaults < file `key` < file `STAGE_key` < command line `--key` < `--STAGE_key`.
-
-STAGES = ('prepare', 'gpt', 'vae', 'dit', 'sample', 'eval', 'bench')
-
 
 class ConfigError(SystemExit):
     """Raised for a bad config: exits non-zero with a message naming the key, before any work."""
@@ -76,9 +74,8 @@ def configure(defaults, stage, argv=None):
 
     def apply(key, value, priority, strict):
         mapped = _stage_key(key, stage, known)
-        if mapped is None:
-            prefix, _, rest = key.partition('_')
-            if strict and not (prefix in STAGES and prefix != stage):
+        if mapped is None:  # in a file, another script's key; on the command line, a mistake
+            if strict:
                 raise ConfigError(f"unknown key '{key}' for {stage} (known: {', '.join(sorted(known))})")
             return
         target, stage_priority = mapped
@@ -166,6 +163,31 @@ def encode(text):
 def decode(ids):
     """GPT-2 ids -> text; bytes cut mid-character become U+FFFD instead of raising."""
     return get_tokenizer().decode([int(i) for i in ids], errors='replace')
+
+
+def align_by_characters(ids, tokenizer):
+    """Decode our tokens to text, tokenize it with the teacher's tokenizer, and pair each of our
+    tokens with the teacher tokens whose character spans overlap its own. Bytes are decoded
+    incrementally, so a window that starts or ends inside a UTF-8 character decodes to U+FFFD
+    there instead of failing; a token that completes no character takes the character it
+    begins. <|endoftext|> becomes a blank line, the document break a teacher expects."""
+    enc, decoder = get_tokenizer(), codecs.getincrementaldecoder('utf-8')('replace')
+    pieces, starts = [], []
+    for t in ids:
+        starts.append(sum(map(len, pieces)))
+        pieces.append('\n\n' if t == EOT else decoder.decode(enc.decode_single_token_bytes(t)))
+    pieces.append(decoder.decode(b'', final=True))
+    text = ''.join(pieces)
+    ends = starts[1:] + [len(text)]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = np.array(encoded['offset_mapping'], dtype=np.int64).reshape(-1, 2)
+    pairs = []
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        e = max(e, min(s + 1, len(text)))  # an empty span: the character this token begins
+        first = np.searchsorted(offsets[:, 1], s, side='right')  # first teacher token ending after s
+        last = np.searchsorted(offsets[:, 0], e, side='left')   # first teacher token starting at/after e
+        pairs += [(i, j) for j in range(first, last)]
+    return encoded['input_ids'], pairs
 
 
 # -----------------------------------------------------------------------------
@@ -504,6 +526,8 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
         if (iter_num % cfg['eval_interval'] == 0 or iter_num == cfg['max_iters']) and iter_num != resumed_at:
             check_finite(nonfinite, iter_num, ckpt_path)
             metrics = evaluate(raw, val_batches, dist_, dtype, cfg['seed'])
+            # the last step's update can break the weights after its (finite) loss was taken
+            check_finite(not math.isfinite(metrics['val_loss']), iter_num, ckpt_path)
             best_val_loss = min(best_val_loss, metrics['val_loss'])
             if dist_.master:
                 record = {'iter': iter_num, **{k: round(v, 6) for k, v in metrics.items()}}
@@ -561,7 +585,12 @@ def gather(dist_, obj):
 
 
 def check_finite(nonfinite, iter_num, ckpt_path):
-    """Stop on a NaN/inf loss before anything is saved, so the last good checkpoint stays."""
+    """Stop on a NaN/inf loss before anything is saved, so the last good checkpoint stays.
+    Every rank learns of a NaN seen by any of them, so all stop together."""
+    if dist.is_initialized():
+        flag = torch.as_tensor(nonfinite, dtype=torch.int32, device=nonfinite.device if torch.is_tensor(nonfinite) else 'cpu')  # gloo cannot reduce bools
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        nonfinite = flag
     if bool(nonfinite):
         raise SystemExit(f"loss became NaN or inf before iter {iter_num}; stopping. The last good "
                          f"checkpoint ({ckpt_path}, if any) is untouched: lower learning_rate or "

@@ -1,0 +1,391 @@
+"""Tests for the training machinery: train_gpt.py, train_vae.py and common.py's configurator,
+loop and checkpoints. The stage scripts run as subprocesses, as a user runs them, on a tiny
+prepared data dir (tests/helpers.py); REPA teachers are tiny random transformers models.
+
+Run: python -m pytest tests/test_train.py -q   (CPU, about 1.5 minutes on 2 cores)
+"""
+import json
+import math
+import os
+import shutil
+
+import pytest
+import torch
+
+import common
+import helpers
+from helpers import load_ckpt, read_metrics, run_many, run_script, torchrun_command
+
+# Small everything. A real learning rate with a short warm-up and decay, so that a few
+# iterations move the weights far beyond the tolerance of the comparisons below.
+TINY = ['--device=cpu', '--dtype=float32', '--compile=False', '--size=tiny', '--block_size=32',
+        '--batch_size=4', '--eval_iters=2', '--compact_vocab=True', '--log_interval=5',
+        '--learning_rate=3e-3', '--min_lr=3e-4', '--warmup_iters=5', '--lr_decay_iters=20']
+VAE = ['--projector_dim=64', '--stats_batches=2', '--kl_warmup_iters=15']
+VAE_METRICS = ('val_loss', 'val_recon_ce', 'val_recon_acc', 'val_kl', 'val_repa')
+
+
+def args(data_dir, out_dir, *extra):
+    return [*TINY, f'--data_dir={data_dir}', f'--out_dir={out_dir}', *extra]
+
+
+def assert_same_weights(a, b, exact=True, atol=1e-5):
+    """Every tensor of the two checkpoints' models (and optimizer moments) agrees."""
+    assert a['model'].keys() == b['model'].keys()
+    for key in a['model']:
+        same = torch.equal if exact else (lambda x, y: torch.allclose(x, y, rtol=0, atol=atol))
+        assert same(a['model'][key], b['model'][key]), f"model tensor {key} differs"
+    for i, state in a['optimizer']['state'].items():
+        for name, value in state.items():
+            other = b['optimizer']['state'][i][name]
+            assert (torch.equal(value, other) if exact else torch.allclose(value, other, rtol=1e-4, atol=1e-6)), \
+                f"optimizer state {i}.{name} differs"
+
+
+def assert_clean_checkpoint(ckpt):
+    for key in ckpt['model']:
+        assert not key.startswith('_orig_mod') and '._orig_mod' not in key, key
+    for key in ('optimizer', 'scaler', 'iter_num', 'best_val_loss', 'model_args', 'config', 'rng'):
+        assert key in ckpt, key
+    assert {'python', 'numpy', 'torch', 'data'} <= set(ckpt['rng'][0])
+
+
+# -----------------------------------------------------------------------------
+# Shared fixtures: one data dir, one trained GPT (whose export is a REPA teacher), tiny teachers
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return helpers.write_data_dir(tmp_path_factory.mktemp('data'), n_stories=200,
+                                  extra_docs=helpers.UNICODE_DOCS)
+
+
+@pytest.fixture(scope='module')
+def gpt_run(data_dir, tmp_path_factory):
+    """out_dir after 4 iterations of train_gpt.py: gpt.pt, gpt_metrics.jsonl, gpt_hf/."""
+    out = tmp_path_factory.mktemp('gpt_run')
+    result = run_script('train_gpt.py', *args(data_dir, out, '--max_iters=4', '--eval_interval=2'))
+    return out, result
+
+
+@pytest.fixture(scope='module')
+def vae_run(data_dir, gpt_run, tmp_path_factory):
+    """A VAE trained for 4 iterations in a copy of gpt_run's out_dir, so its default teacher
+    '{out_dir}/gpt_hf' is the GPT exported there."""
+    out = tmp_path_factory.mktemp('vae_run') / 'out'
+    shutil.copytree(gpt_run[0], out)
+    result = run_script('train_vae.py', *args(data_dir, out, *VAE, '--max_iters=4', '--eval_interval=2'))
+    return out, result
+
+
+@pytest.fixture(scope='module')
+def gpt2_teacher(tmp_path_factory):
+    return helpers.gpt2_tokenizer_teacher(tmp_path_factory.mktemp('gpt2_teacher'), n_embd=48)
+
+
+@pytest.fixture(scope='module')
+def other_teacher(tmp_path_factory):
+    texts = helpers.corpus_text(200, 0, helpers.UNICODE_DOCS)
+    return helpers.other_tokenizer_teacher(tmp_path_factory.mktemp('llama_teacher'), texts, n_embd=40)
+
+
+# -----------------------------------------------------------------------------
+# 1. A few iterations of each script
+
+def test_train_gpt_writes_checkpoint_metrics_and_export(gpt_run):
+    out, _ = gpt_run
+    ckpt = load_ckpt(out / 'gpt.pt')
+    assert_clean_checkpoint(ckpt)
+    assert ckpt['iter_num'] == 4 and ckpt['config']['max_iters'] == 4
+    assert ckpt['model_args']['vocab_ids'] is not None  # compact_vocab
+    metrics = read_metrics(out / 'gpt_metrics.jsonl')
+    assert [m['iter'] for m in metrics] == [0, 2, 4]
+    assert all(math.isfinite(m['val_loss']) for m in metrics)
+    assert metrics[-1]['val_loss'] < metrics[0]['val_loss']  # it learns something
+    hf_config = json.loads((out / 'gpt_hf' / 'config.json').read_text())
+    assert hf_config['textldm_vocab_ids'] == ckpt['model_args']['vocab_ids']
+    assert not (out / 'gpt_hf.tmp').exists()
+
+
+def test_train_vae_with_exported_gpt_teacher(vae_run):
+    out, result = vae_run
+    assert f"REPA teacher {out}/gpt_hf" in result.stdout  # '{out_dir}/gpt_hf' follows --out_dir
+    assert 'one to one' in result.stdout
+    ckpt = load_ckpt(out / 'vae.pt')
+    assert_clean_checkpoint(ckpt)
+    latent_dim = ckpt['model_args']['latent_dim']
+    assert ckpt['latent_mean'].shape == ckpt['latent_std'].shape == (latent_dim,)
+    assert torch.isfinite(ckpt['latent_mean']).all() and (ckpt['latent_std'] > 0).all()
+    assert ckpt['model_args']['teacher_hidden'] == 128  # the tiny GPT's width
+    metrics = read_metrics(out / 'vae_metrics.jsonl')
+    assert [m['iter'] for m in metrics] == [0, 2, 4]
+    for m in metrics:
+        assert set(VAE_METRICS) <= set(m) and all(math.isfinite(m[k]) for k in VAE_METRICS)
+        assert 0 <= m['val_recon_acc'] <= 1 and -1 <= m['val_repa'] <= 1
+
+
+# -----------------------------------------------------------------------------
+# 2. Resume equivalence, and evaluation that does not disturb training
+
+def test_gpt_resume_is_exact(data_dir, tmp_path):
+    common_args = ['--eval_interval=5', '--export_dir=', '--dropout=0.1']
+    run_many([['train_gpt.py', *args(data_dir, tmp_path / 'full', *common_args, '--max_iters=20')],
+              ['train_gpt.py', *args(data_dir, tmp_path / 'split', *common_args, '--max_iters=10')]])
+    assert load_ckpt(tmp_path / 'split' / 'gpt.pt')['iter_num'] == 10
+    run_script('train_gpt.py', *args(data_dir, tmp_path / 'split', *common_args, '--max_iters=20',
+                                     '--init_from=resume'))
+    full, split = (read_metrics(tmp_path / d / 'gpt_metrics.jsonl') for d in ('full', 'split'))
+    assert [m['iter'] for m in split] == [0, 5, 10, 15, 20]  # no second line for iter 10
+    assert full == split
+    assert_same_weights(load_ckpt(tmp_path / 'full' / 'gpt.pt'), load_ckpt(tmp_path / 'split' / 'gpt.pt'))
+
+
+def test_vae_resume_is_exact_and_evaluation_does_not_disturb_training(data_dir, gpt_run, tmp_path):
+    """The VAE draws posterior noise, dropout, truncation lengths and warms up its KL weight:
+    all of it must continue across a resume, and none of it may be shifted by evaluation."""
+    teacher = f'--repa_teacher={gpt_run[0]}/gpt_hf'
+    common_args = [*VAE, teacher, '--dropout=0.1', '--truncate_prob=0.5']
+    run = lambda name, *extra: ['train_vae.py', *args(data_dir, tmp_path / name, *common_args, *extra)]
+    run_many([run('split', '--max_iters=10', '--eval_interval=5'),
+              run('full', '--max_iters=20', '--eval_interval=5')])
+    run_many([run('split', '--max_iters=20', '--eval_interval=5', '--init_from=resume'),
+              run('rare_eval', '--max_iters=20', '--eval_interval=20')])
+    full, split, rare = (read_metrics(tmp_path / d / 'vae_metrics.jsonl') for d in ('full', 'split', 'rare_eval'))
+    assert full == split
+    assert [m['iter'] for m in rare] == [0, 20] and rare[-1] == full[-1]
+    full_ckpt = load_ckpt(tmp_path / 'full' / 'vae.pt')
+    assert_same_weights(full_ckpt, load_ckpt(tmp_path / 'split' / 'vae.pt'))
+    assert_same_weights(full_ckpt, load_ckpt(tmp_path / 'rare_eval' / 'vae.pt'))
+    assert torch.equal(full_ckpt['latent_mean'], load_ckpt(tmp_path / 'split' / 'vae.pt')['latent_mean'])
+
+
+# -----------------------------------------------------------------------------
+# 3. REPA alignment: the teacher's tokenizer is GPT-2's (one to one) or another (character offsets)
+
+def test_repa_teacher_with_gpt2_tokenizer_aligns_one_to_one(data_dir, gpt2_teacher, tmp_path):
+    result = run_script('train_vae.py', *args(data_dir, tmp_path, *VAE, f'--repa_teacher={gpt2_teacher}',
+                                              '--max_iters=2', '--eval_interval=2'))
+    assert 'aligned one to one' in result.stdout
+    assert load_ckpt(tmp_path / 'vae.pt')['model_args']['teacher_hidden'] == 48
+    repa = read_metrics(tmp_path / 'vae_metrics.jsonl')[-1]['val_repa']
+    assert math.isfinite(repa) and repa != 0.0  # 0 would mean no token got a teacher state
+
+
+def test_repa_teacher_with_another_tokenizer_aligns_by_characters(data_dir, other_teacher, tmp_path):
+    # the data holds 'é', '日本', '🙂': random windows start and end inside UTF-8 characters
+    result = run_script('train_vae.py', *args(data_dir, tmp_path, *VAE, f'--repa_teacher={other_teacher}',
+                                              '--max_iters=4', '--eval_interval=2', '--truncate_prob=0.5'))
+    assert 'through character offsets' in result.stdout
+    assert load_ckpt(tmp_path / 'vae.pt')['model_args']['teacher_hidden'] == 40
+    for m in read_metrics(tmp_path / 'vae_metrics.jsonl'):
+        assert math.isfinite(m['val_repa']) and m['val_repa'] != 0.0 and math.isfinite(m['val_loss'])
+
+
+def _word_tokenizer(words):
+    """A teacher tokenizer that reads whole words (split on whitespace and punctuation)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(['[UNK]', *words])}, unk_token='[UNK]'))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token='[UNK]')
+
+
+def test_align_by_characters_hand_made():
+    align = common.align_by_characters
+    tokenizer = _word_tokenizer(['Hello', 'world', 'unbelievable', '.'])
+    # 'Hello' | ' world' (our second token spans the space too) -> one teacher word each
+    ids, pairs = align(common.encode('Hello world'), tokenizer)
+    assert ids == tokenizer('Hello world', add_special_tokens=False)['input_ids'] and pairs == [(0, 0), (1, 1)]
+    # four of our tokens ('un', 'bel', 'iev', 'able') inside one teacher word
+    ours = common.encode('unbelievable.')
+    assert len(ours) == 5
+    _, pairs = align(ours, tokenizer)
+    assert pairs == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 1)]
+    # <|endoftext|> is a blank line between documents: it covers no teacher word here
+    ids, pairs = align(common.encode('Hello') + [common.EOT] + common.encode('world'), tokenizer)
+    assert len(ids) == 2 and pairs == [(0, 0), (2, 1)]
+
+
+def test_align_by_characters_windows_inside_utf8_characters():
+    align = common.align_by_characters
+    tokenizer = helpers.train_small_tokenizer(helpers.corpus_text(50, 0, helpers.UNICODE_DOCS), vocab_size=280)
+    text = ' '.join(helpers.UNICODE_DOCS)
+    ours = common.encode(text)
+    # every start and length, so windows begin and end inside multi-byte characters
+    cut_inside = 0
+    for start in range(0, len(ours) - 1):
+        for length in (1, 2, 3, 7, 20):
+            window = ours[start:start + length]
+            ids, pairs = align(window, tokenizer)
+            decoded = common.decode(window)  # the same text, bad bytes as U+FFFD
+            cut_inside += '\ufffd' in decoded
+            assert ids == tokenizer(decoded, add_special_tokens=False)['input_ids']
+            # every token of ours gets a teacher token and every teacher token is used, in order
+            assert sorted({i for i, _ in pairs}) == list(range(len(window)))
+            assert sorted({j for _, j in pairs}) == list(range(len(ids)))
+            assert pairs == sorted(pairs) and all(0 <= j < len(ids) for _, j in pairs)
+            firsts = [min(j for i2, j in pairs if i2 == i) for i in range(len(window))]
+            assert firsts == sorted(firsts)
+    assert cut_inside > 10
+
+
+# -----------------------------------------------------------------------------
+# 4. Two processes under torchrun (gloo on CPU) = one process with the same global batch
+
+def test_ddp_two_ranks_match_one_process(data_dir, tmp_path):
+    common_args = ['--max_iters=6', '--eval_interval=3', '--export_dir=', '--gradient_accumulation_steps=2']
+    run_many([['train_gpt.py', *args(data_dir, tmp_path / 'one', *common_args)],
+              torchrun_command('train_gpt.py', *args(data_dir, tmp_path / 'two', *common_args), nproc=2)])
+    one, two = load_ckpt(tmp_path / 'one' / 'gpt.pt'), load_ckpt(tmp_path / 'two' / 'gpt.pt')
+    assert len(one['rng']) == 1 and len(two['rng']) == 2  # it really ran on two ranks
+    assert_same_weights(one, two, exact=False, atol=1e-5)
+    m_one, m_two = (read_metrics(tmp_path / d / 'gpt_metrics.jsonl') for d in ('one', 'two'))
+    assert [m['iter'] for m in m_one] == [m['iter'] for m in m_two] == [0, 3, 6]
+    for a, b in zip(m_one, m_two):
+        assert a['val_loss'] == pytest.approx(b['val_loss'], abs=1e-5)
+    # The comparison can fail: at this learning rate each step moves the weights by ~1e-3, so
+    # other micro-batches (a stream dealt to the wrong rank) would be far outside atol.
+    assert m_one[-1]['val_loss'] < m_one[0]['val_loss'] - 0.1
+
+
+# -----------------------------------------------------------------------------
+# 5. A NaN loss stops the run and keeps the last good checkpoint
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(data_dir, gpt_run, tmp_path):
+    shutil.copy(gpt_run[0] / 'gpt.pt', tmp_path / 'gpt.pt')  # a good checkpoint at iter 4
+    shutil.copy(gpt_run[0] / 'gpt_metrics.jsonl', tmp_path / 'gpt_metrics.jsonl')
+    common_args = ['--export_dir=', '--eval_interval=5']
+    before = (tmp_path / 'gpt.pt').read_bytes()
+    metrics_before = (tmp_path / 'gpt_metrics.jsonl').read_text()
+    result = run_script('train_gpt.py', *args(data_dir, tmp_path, *common_args, '--max_iters=20',
+                                              '--init_from=resume', '--learning_rate=1e30', '--log_interval=1'),
+                        check=False)
+    assert result.returncode != 0
+    assert 'NaN' in result.stderr
+    assert (tmp_path / 'gpt.pt').read_bytes() == before
+    assert (tmp_path / 'gpt_metrics.jsonl').read_text() == metrics_before
+    ckpt = load_ckpt(tmp_path / 'gpt.pt')
+    assert ckpt['iter_num'] == 4 and all(torch.isfinite(v).all() for v in ckpt['model'].values())
+
+
+# -----------------------------------------------------------------------------
+# 6. Bad input: a clear message and a non-zero exit before any training
+
+def assert_fails_early(result, message, out_dir, stage):
+    """A non-zero exit, `message` in stderr, no traceback, and no checkpoint written."""
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr, (message, result.stderr[-2000:])
+    assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(os.path.join(out_dir, f'{stage}.pt'))
+
+
+def test_bad_command_line(data_dir, tmp_path):
+    # the configurator's own cases are tested in process below; here: the scripts use it first
+    cases = [(['--bogus_key=1'], "unknown key 'bogus_key'"),
+             (['--max_iters=abc'], 'max_iters'),
+             (['config/no_such_config.py'], 'no_such_config.py'),
+             (['--init_from=bogus'], "init_from='bogus'"),
+             (['--init_from=resume'], 'not found')]
+    results = run_many([['train_gpt.py', *args(data_dir, tmp_path / str(i), *extra)]
+                        for i, (extra, _) in enumerate(cases)], check=False)
+    for i, ((_, message), result) in enumerate(zip(cases, results)):
+        assert_fails_early(result, message, tmp_path / str(i), 'gpt')
+
+
+def test_bad_data_and_teachers(data_dir, vae_run, gpt2_teacher, tmp_path):
+    """Missing data, data of another tokenizer, a teacher that cannot be loaded, a resumed VAE
+    whose projector was made for a teacher of another width."""
+    llama_data = helpers.write_data_dir(tmp_path / 'llama_data', n_stories=20, tokenizer='llama')
+    (tmp_path / 'garbage').mkdir()
+    (tmp_path / 'garbage' / 'config.json').write_text('{not json')
+    resumed = tmp_path / 'resumed'
+    shutil.copytree(vae_run[0], resumed)
+    before = (resumed / 'vae.pt').read_bytes()
+    cases = [('gpt', args(tmp_path / 'nothing', tmp_path / 'o0'), 'no prepared data', tmp_path / 'o0'),
+             ('gpt', args(llama_data, tmp_path / 'o1'), "'llama'", tmp_path / 'o1'),
+             ('vae', args(data_dir, tmp_path / 'o2', *VAE, f'--repa_teacher={tmp_path}/missing'),
+              'cannot load the REPA teacher', tmp_path / 'o2'),
+             ('vae', args(data_dir, tmp_path / 'o3', *VAE, f'--repa_teacher={tmp_path}/garbage'),
+              'cannot load the REPA teacher', tmp_path / 'o3'),
+             ('vae', args(data_dir, resumed, *VAE, f'--repa_teacher={gpt2_teacher}', '--init_from=resume',
+                          '--max_iters=6'), 'width', None)]
+    results = run_many([[f'train_{stage}.py', *argv] for stage, argv, _, _ in cases], check=False,
+                       env={'HF_HUB_OFFLINE': '1'})
+    for (stage, _, message, out_dir), result in zip(cases, results):
+        assert_fails_early(result, message, out_dir or tmp_path / 'none', stage)
+    assert (resumed / 'vae.pt').read_bytes() == before
+
+
+# -----------------------------------------------------------------------------
+# 7. The configurator, in process
+
+DEFAULTS = dict(out_dir='out/x', data_dir='data/x', max_iters=1, learning_rate=1.0, compile=False,
+                teacher='{out_dir}/teacher', data_file='{data_dir}/train.bin', device='cpu', optional=None)
+
+
+def configure(tmp_path, file_text, *argv, stage='vae'):
+    path = tmp_path / 'exp.py'
+    path.write_text(file_text)
+    defaults = dict(DEFAULTS)
+    config = common.configure(defaults, stage, [str(path), *argv])
+    assert defaults == config  # applied to the script's globals in place
+    return config
+
+
+def test_configure_precedence(tmp_path):
+    # the file: STAGE_key beats key whatever their order in the file
+    text = 'vae_max_iters = 3\nmax_iters = 2\n'
+    assert configure(tmp_path, '')['max_iters'] == 1
+    assert configure(tmp_path, 'max_iters = 2\n')['max_iters'] == 2
+    assert configure(tmp_path, text)['max_iters'] == 3
+    assert configure(tmp_path, text, '--max_iters=4')['max_iters'] == 4
+    assert configure(tmp_path, text, '--vae_max_iters=5', '--max_iters=4')['max_iters'] == 5
+    assert configure(tmp_path, text, '--max_iters=4', '--vae_max_iters=5')['max_iters'] == 5
+
+
+def test_configure_ignores_other_stages_and_unknown_file_keys(tmp_path):
+    text = 'gpt_max_iters = 7\ndit_learning_rate = 9.0\ndataset = "synthetic"\nimport os\n'
+    config = configure(tmp_path, text)
+    assert config['max_iters'] == 1 and config['learning_rate'] == 1.0
+    assert 'dataset' not in config and 'gpt_max_iters' not in config
+    assert configure(tmp_path, text, stage='gpt')['max_iters'] == 7
+    # on the command line, only this script's keys: a typo of eval_iters is not "the eval stage's"
+    for arg in ('--gpt_max_iters=8', '--eval_iter=5', '--dit_bogus=1'):
+        with pytest.raises(SystemExit, match=arg[2:].split('=')[0]):
+            configure(tmp_path, text, arg)
+
+
+def test_configure_resolves_templates_after_overrides(tmp_path):
+    config = configure(tmp_path, 'out_dir = "out/file"\n', '--out_dir=out/cli', '--data_dir=d')
+    assert config['teacher'] == 'out/cli/teacher' and config['data_file'] == 'd/train.bin'
+    config = configure(tmp_path, 'out_dir = "out/file"\n')
+    assert config['teacher'] == 'out/file/teacher'
+    config = configure(tmp_path, 'teacher = "{out_dir}/mine"\n', '--out_dir=o')
+    assert config['teacher'] == 'o/mine'
+    assert configure(tmp_path, '', '--teacher=hub/model')['teacher'] == 'hub/model'
+
+
+def test_configure_types(tmp_path):
+    config = configure(tmp_path, 'learning_rate = 3\n', '--device=cuda:1')
+    assert config['learning_rate'] == 3.0 and type(config['learning_rate']) is float  # int for float
+    assert config['device'] == 'cuda:1'  # a bare word is a string
+    assert configure(tmp_path, '', '--teacher=None')['teacher'] is None  # None turns a path off
+    assert configure(tmp_path, '', '--optional=(1, 2)')['optional'] == (1, 2)  # None default: any type
+    assert configure(tmp_path, '', '--compile=True')['compile'] is True
+    for bad in ('--max_iters=True', '--max_iters=1.5', '--max_iters=abc', '--compile=1',
+                '--learning_rate=True', '--device=3'):
+        with pytest.raises(SystemExit) as e:
+            configure(tmp_path, '', bad)
+        key = bad[2:].split('=')[0]
+        assert key in str(e.value.code), (bad, e.value.code)
+    with pytest.raises(SystemExit, match='max_iters'):
+        configure(tmp_path, 'max_iters = 1.5\n')  # a file value of the wrong type, too
+
+
+def test_configure_errors(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        common.configure(dict(DEFAULTS), 'vae', [str(tmp_path / 'missing.py')])
+    assert 'missing.py' in str(e.value.code)
+    for bad, key in (('--nope=1', 'nope'), ('--vae_nope=1', 'vae_nope'), ('--max_iters', 'max_iters')):
+        with pytest.raises(SystemExit) as e:
+            configure(tmp_path, '', bad)
+        assert key in str(e.value.code) and e.value.code not in (0, None)

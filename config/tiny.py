@@ -11,7 +11,10 @@ compile = False
 seed = 1337
 
 # data: the embedded corpus of short stories (corpus.py)
-dataset = "synthetic"
+dataset = 'synthetic'
+synthetic_stories = 100_000  # ~6.8M tokens, written in a few seconds
+val_fraction = 0.01
+num_proc = 2
 compact_vocab = True  # ~200 of GPT-2's ids occur in it: a 100x cheaper output layer on a CPU
 
 # shared training settings

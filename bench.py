@@ -1,0 +1,196 @@
+"""
+Benchmarks for the README. Each prints a markdown table with the machine it ran on.
+
+    python bench.py --what=prepare   # prepare.py's tokenizing speed vs plain tiktoken, peak memory
+    python bench.py --what=corpus    # how fast the embedded story generator writes tokens
+    python bench.py --what=prepare,corpus
+
+The prepare benchmark writes a synthetic OpenWebText2 archive (a tar of .jsonl.zst shards, real
+English prose from Python's own documentation, ~6 KB per document like OpenWebText2's) into a
+temporary folder, runs prepare.py on it in a fresh process, and removes it afterwards.
+"""
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import common
+
+# -----------------------------------------------------------------------------
+out_dir = 'out/bench'
+data_dir = 'data/tiny'
+device = 'cpu'
+dtype = 'float32'
+compile = False
+seed = 1337
+what = 'prepare'           # comma-separated: prepare, corpus
+prepare_mb = 32            # text for the throughput runs
+memory_mb = (16, 64)       # two corpus sizes: peak memory should not grow with the corpus
+memory_num_proc = 2
+repeats = 3                # speeds are the best of this many runs (a shared machine is noisy)
+corpus_stories = 100_000
+# -----------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def table(header, rows):
+    print('| ' + ' | '.join(header) + ' |')
+    print('|' + '---|' * len(header))
+    for row in rows:
+        print('| ' + ' | '.join(str(x) for x in row) + ' |')
+    print()
+
+
+def machine():
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+# -----------------------------------------------------------------------------
+# prepare.py
+
+
+def english_documents(megabytes):
+    """Real English prose with some code: Python's pydoc topics, one per document, repeated with
+    a numbered title line until there are `megabytes` MB of text."""
+    from pydoc_data.topics import topics
+    texts, size, copy = [], 0, 0
+    while size < megabytes * 1e6:
+        for name, text in sorted(topics.items()):
+            texts.append(f"{name} ({copy})\n\n{text}")
+            size += len(texts[-1])
+        copy += 1
+    return texts
+
+
+def owt2_archive(path, texts, shards=8):
+    """Write texts as OpenWebText2 lays them out: a tar of .jsonl.zst shards of {"text", "meta"}."""
+    import tarfile
+    import zstandard
+    with tarfile.open(path, 'w') as tar:
+        for i in range(shards):
+            lines = ''.join(json.dumps({'text': t, 'meta': {'shard': i}}) + '\n' for t in texts[i::shards])
+            data = zstandard.ZstdCompressor(level=3).compress(lines.encode())
+            info = tarfile.TarInfo(f'RS_2019-{i + 1:02d}.jsonl.zst')
+            info.size = len(data)
+            with tempfile.TemporaryFile() as f:
+                f.write(data)
+                f.seek(0)
+                tar.addfile(info, f)
+
+
+# runs prepare.py and adds its CPU time (after imports; its workers included) and peak memory
+PREPARE_CHILD = """
+import json, resource, sys
+import common, prepare
+common.get_tokenizer()
+def cpu(who):
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+before = cpu(resource.RUSAGE_SELF)
+stats = prepare.main(sys.argv[1:])
+stats['cpu'] = cpu(resource.RUSAGE_SELF) - before + cpu(resource.RUSAGE_CHILDREN)
+stats['rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+stats['workers_rss'] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print('STATS', json.dumps(stats))
+"""
+LAUNCHER = 'import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))'
+
+
+def run_prepare(archive, data_dir, num_proc):
+    """prepare.py in a fresh process; returns its stats. It is started through a small launcher
+    process: on Linux a process started directly from this one (which holds the whole corpus)
+    would inherit this one's ru_maxrss across exec."""
+    args = ['--dataset=owt2', f'--input={archive}', f'--data_dir={data_dir}', f'--num_proc={num_proc}']
+    out = subprocess.run([sys.executable, '-c', LAUNCHER, sys.executable, '-c', PREPARE_CHILD, *args],
+                         cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(out.stderr)
+    return json.loads(out.stdout.split('STATS ', 1)[1])
+
+
+def import_rss_mib():
+    """Peak memory of a process that only imports prepare.py and loads the tokenizer."""
+    code = ('import resource, common, prepare; common.get_tokenizer(); '
+            'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)')
+    return float(subprocess.check_output([sys.executable, '-c', LAUNCHER, sys.executable, '-c', code],
+                                         cwd=ROOT, text=True))
+
+
+def tiktoken_speed(texts, how):
+    """Plain tiktoken on texts in memory: (tokens, seconds, CPU seconds)."""
+    encoding = common.get_tokenizer()
+    start, start_cpu = time.time(), time.process_time()
+    if how == 'encode_ordinary':
+        n = sum(len(encoding.encode_ordinary(text)) for text in texts)
+    elif how == 'encode_to_numpy':  # what each prepare.py process calls
+        n = sum(len(encoding.encode_to_numpy(text, disallowed_special=())) for text in texts)
+    else:
+        n = sum(map(len, encoding.encode_ordinary_batch(texts, num_threads=int(how[-1]))))
+    return n, time.time() - start, time.process_time() - start_cpu
+
+
+def bench_prepare(cfg):
+    work = tempfile.mkdtemp(prefix='bench_prepare_')
+    try:
+        texts = english_documents(cfg['prepare_mb'])
+        archive = os.path.join(work, 'owt2.tar')
+        owt2_archive(archive, texts)
+        rows, best = [], 0  # the most tokens per CPU second of plain tiktoken in one thread
+
+        def row(what, tokens, seconds, cpu, versus=''):
+            rows.append((what, f'{tokens:,}', f'{seconds:.2f}', f'{tokens / seconds:,.0f}', f'{cpu:.2f}',
+                         f'{tokens / cpu:,.0f}', versus))
+        for how in ('encode_ordinary', 'encode_to_numpy', 'encode_ordinary_batch threads=1',
+                    'encode_ordinary_batch threads=2'):
+            n, seconds, cpu = min((tiktoken_speed(texts, how) for _ in range(cfg['repeats'])), key=lambda r: r[2])
+            best = max(best, n / cpu) if not how.endswith('2') else best
+            row(f'tiktoken {how} (text in memory)', n, seconds, cpu)
+        for num_proc in (1, 2):
+            s = min((run_prepare(archive, os.path.join(work, f'data{num_proc}'), num_proc)
+                     for _ in range(cfg['repeats'])), key=lambda s: s['cpu'])
+            tokens = s['train_tokens'] + s['val_tokens'] - s['train_docs'] - s['val_docs']  # less EOTs
+            row(f'prepare.py num_proc={num_proc} (read tar, zstd, JSON; tokenize; write)', tokens,
+                s['seconds'], s['cpu'], f"{tokens / s['cpu'] / best:.2f}")
+        print(f"prepare.py throughput on {len(texts):,} documents ({cfg['prepare_mb']} MB of English "
+              f"text) in an OpenWebText2-style archive, best of {cfg['repeats']}. prepare.py's time runs "
+              f"from its first read to its last write (start-up excluded); its CPU time adds up "
+              f"the main process and the workers. {machine()}\n")
+        table(('what', 'tokens', 'seconds', 'tokens/s', 'CPU seconds', 'tokens per CPU second',
+               'per CPU second, vs the best 1-thread tiktoken'), rows)
+
+        rows = []
+        for mb in cfg['memory_mb']:
+            texts = english_documents(mb)
+            owt2_archive(archive, texts)
+            s = run_prepare(archive, os.path.join(work, f'mem{mb}'), cfg['memory_num_proc'])
+            rows.append((f'{mb} MB', f"{len(texts):,}", f"{s['train_tokens'] + s['val_tokens']:,}",
+                         f"{s['rss']:.0f}", f"{s['workers_rss']:.0f}"))
+        print(f"prepare.py peak memory (ru_maxrss) with num_proc={cfg['memory_num_proc']}; a process that "
+              f"only imports prepare.py and loads the tokenizer peaks at {import_rss_mib():.0f} MiB\n")
+        table(('text', 'documents', 'tokens', 'main process MiB', 'largest worker MiB'), rows)
+    finally:
+        shutil.rmtree(work)
+
+# -----------------------------------------------------------------------------
+# corpus.py
+
+
+def bench_corpus(cfg):
+    import corpus
+    start, start_cpu = time.time(), time.process_time()
+    stories = list(corpus.generate_stories(cfg['corpus_stories'], 0))
+    seconds, cpu = time.time() - start, time.process_time() - start_cpu
+    tokens = sum(map(len, common.get_tokenizer().encode_ordinary_batch(stories)))
+    print(f"corpus.generate_stories: {machine()}\n")
+    table(('stories', 'tokens', 'tokens per story', 'seconds', 'tokens/s', 'CPU seconds', 'tokens per CPU second'),
+          [(f'{len(stories):,}', f'{tokens:,}', f'{tokens / len(stories):.1f}', f'{seconds:.2f}',
+            f'{tokens / seconds:,.0f}', f'{cpu:.2f}', f'{tokens / cpu:,.0f}')])
+
+
+if __name__ == '__main__':
+    config = common.configure(globals(), 'bench')
+    for name in what.split(','):
+        {'prepare': bench_prepare, 'corpus': bench_corpus}[name.strip()](config)

@@ -1,0 +1,412 @@
+"""
+Turn a corpus into the token memmaps every later stage reads: data_dir/train.bin and val.bin
+(GPT-2 ids as uint16, <|endoftext|> = 50256 after every document) and data_dir/meta.json.
+
+    python prepare.py config/tiny.py      # the embedded stories: offline, a few seconds
+    python prepare.py config/owt.py       # OpenWebText2: downloads ~29 GB, then tokenizes it
+    python prepare.py config/tiny.py --dataset=text --input='books/*.txt' --data_dir=data/books
+
+Sources (`dataset`):
+    synthetic  corpus.generate_stories(synthetic_stories, synthetic_seed), see corpus.py
+    text       `input`: comma-separated files or globs of .txt (one document per file,
+               or documents separated by a line equal to `text_delimiter`), .jsonl or .jsonl.zst
+               (one JSON object per line, the document in "text"), or .tar archives of those
+    owt2       OpenWebText2 as EleutherAI published it: one tar of .jsonl.zst shards. `input`
+               names a local copy; otherwise it is downloaded from `owt2_url` to `download_path`
+               (resumed after an interruption, size checked)
+
+Safety: the old train.bin, val.bin and meta.json are deleted first; the new ones are written as
+*.tmp and renamed at the very end, meta.json last. So data_dir never mixes two runs, and a
+failed or killed run leaves none of the three. Bad input (corrupt or truncated archives,
+undecodable bytes, more than `max_bad_lines` bad JSON lines) stops the run with a message.
+"""
+import glob
+import io
+import json
+import os
+import tarfile
+import time
+from collections import deque
+from multiprocessing import Pool
+
+import numpy as np
+import zstandard
+
+import common
+import corpus
+
+# -----------------------------------------------------------------------------
+# defaults, overridden by the config file and --key=value (see common.configure)
+out_dir = 'out/tiny'
+data_dir = 'data/tiny'
+device = 'cpu'         # device, dtype, compile: unused here, known to every script
+dtype = 'float32'
+compile = False
+seed = 1337            # the training seed; the data has its own seeds below, so it stays put
+dataset = 'synthetic'  # 'synthetic', 'text' or 'owt2'
+input = ''             # text: files or globs, comma-separated; owt2: a local copy of the tar
+text_delimiter = ''    # .txt: a line equal to this separates documents ('' = one per file)
+synthetic_stories = 100_000
+synthetic_seed = 0
+val_fraction = 0.01    # each document goes to val with this probability...
+split_seed = 0         # ...drawn from this seed, in document order
+max_docs = 0           # stop after this many documents (0 = all): quick trials on owt2
+max_bad_lines = 100    # skip (and count) up to this many unreadable JSON lines, then fail
+num_proc = min(8, os.cpu_count() or 1)  # tokenizer processes (1 = in this process)
+owt2_url = 'https://huggingface.co/datasets/segyges/OpenWebText2/resolve/main/openwebtext2.jsonl.zst.tar'
+download_path = '{data_dir}/openwebtext2.jsonl.zst.tar'
+download_retries = 20
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, str))}
+OUTPUTS = ('train.bin', 'val.bin', 'meta.json')
+CHUNK_CHARS = 1 << 20  # documents are sent to the tokenizer processes in ~1 MB chunks
+
+
+def fail(message):
+    raise SystemExit(f"prepare.py: {message}")
+
+# -----------------------------------------------------------------------------
+# Reading: every source becomes a stream of document strings, with bounded memory
+
+
+class Stream(io.RawIOBase):
+    """A readable byte stream over `fileobj`, decompressed frame by frame if `zstd`. Why not the
+    libraries' own: zstandard's stream_reader quietly returns a short file when the last frame is
+    truncated, and tarfile's stream-mode members fail in io.TextIOWrapper (no seekable())."""
+
+    def __init__(self, fileobj, zstd):
+        self.fileobj, self.zstd = fileobj, zstd
+        self.dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)
+        self.frame, self.in_frame = None, False
+        self.pending, self.offset = b'', 0
+
+    def readable(self):
+        return True
+
+    def decompress(self, data):
+        out = []
+        while data:
+            if self.frame is None or self.frame.eof:  # a file may hold several frames
+                self.frame = self.dctx.decompressobj()
+            out.append(self.frame.decompress(data))
+            data = self.frame.unused_data if self.frame.eof else b''
+        self.in_frame = not self.frame.eof
+        return b''.join(out)
+
+    def readinto(self, buffer):
+        if not self.zstd:
+            return self.fileobj.readinto(buffer)
+        while self.offset == len(self.pending):
+            data = self.fileobj.read(1 << 16)  # small bites: text can shrink 10x or more in zstd
+            if not data:
+                if self.in_frame or self.frame is None:
+                    raise zstandard.ZstdError('truncated or empty zstd stream')
+                return 0
+            self.pending, self.offset = self.decompress(data), 0
+        n = min(len(buffer), len(self.pending) - self.offset)
+        buffer[:n] = self.pending[self.offset:self.offset + n]
+        self.offset += n
+        return n
+
+
+def kind_of(name):
+    return next((ext for ext in ('.jsonl.zst', '.jsonl', '.txt', '.tar') if name.endswith(ext)), None)
+
+
+def input_files(spec):
+    """Expand comma-separated files and globs ('**' recurses) into a list of readable files."""
+    files = []
+    for pattern in (p.strip() for p in spec.split(',') if p.strip()):
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        if not matches:
+            fail(f"input '{pattern}' matches no file")
+        for path in matches:
+            if not kind_of(path):
+                fail(f"{path}: unsupported file type (use .txt, .jsonl, .jsonl.zst or .tar)")
+            files.append(path)
+    if not files:
+        fail("input is empty: name files or globs (comma-separated)")
+    return files
+
+
+class Reader:
+    """Reads the documents out of files, one at a time, and counts what it skips."""
+
+    def __init__(self, text_delimiter, max_bad_lines):
+        self.text_delimiter, self.max_bad_lines = text_delimiter, max_bad_lines
+        self.bad_lines = self.skipped_members = 0
+
+    def files(self, paths):
+        for path in paths:
+            with open(path, 'rb') as f:
+                try:
+                    yield from self.stream(f, path)
+                except (tarfile.TarError, EOFError) as e:
+                    fail(f"{path}: truncated or corrupt archive ({e})")
+
+    def stream(self, fileobj, name):
+        """The documents of one file or tar member, by its extension."""
+        kind = kind_of(name)
+        if kind == '.tar':
+            yield from self.tar(fileobj, name)
+            return
+        binary = io.BufferedReader(Stream(fileobj, zstd=kind == '.jsonl.zst'), buffer_size=1 << 20)
+        lines = io.TextIOWrapper(binary, encoding='utf-8', errors='strict')
+        try:
+            yield from self.txt(lines) if kind == '.txt' else self.jsonl(lines, name)
+        except UnicodeDecodeError as e:
+            fail(f"{name}: not UTF-8 text ({e})")
+        except zstandard.ZstdError as e:
+            fail(f"{name}: corrupt zstd data ({e})")
+
+    def tar(self, fileobj, name):
+        # mode 'r|' reads the archive as a stream, member after member, never the whole index
+        with tarfile.open(fileobj=fileobj, mode='r|') as tar:
+            for member in tar:
+                if member.isfile() and kind_of(member.name) not in (None, '.tar'):
+                    yield from self.stream(tar.extractfile(member), f"{name}/{member.name}")
+                elif member.isfile():
+                    self.skipped_members += 1
+            end = tar.offset
+        # tarfile ends quietly at a cut between two members; a whole archive ends with at least
+        # one 512-byte block of zeros after its last member
+        if os.fstat(fileobj.fileno()).st_size < end + 512:
+            raise tarfile.ReadError('unexpected end of archive')
+
+    def txt(self, lines):
+        """One document per file, or documents separated by lines equal to text_delimiter."""
+        document = []
+        for line in lines:
+            if self.text_delimiter and line.rstrip('\r\n') == self.text_delimiter:
+                yield ''.join(document).strip('\n')
+                document = []
+            else:
+                document.append(line)
+        yield ''.join(document).strip('\n')
+
+    def jsonl(self, lines, name):
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)['text']
+                if not isinstance(text, str):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):  # not JSON, not an object, no "text" string
+                self.bad_lines += 1
+                if self.bad_lines > self.max_bad_lines:
+                    fail(f"{name}:{lineno}: more than max_bad_lines={self.max_bad_lines} lines "
+                         f"are not JSON objects with a \"text\" string, e.g. {line[:80]!r}")
+                continue
+            yield text
+
+# -----------------------------------------------------------------------------
+# Download, resumable
+
+
+def content_range(header):
+    """'bytes 100-999/1000' -> (100, 1000); 'bytes */1000' -> (None, 1000)."""
+    span, _, total = header.split(' ')[-1].partition('/')
+    return (None if span == '*' else int(span.split('-')[0])), int(total)
+
+
+def fetch(url, part, have, total):
+    """One request: write the file from byte `have` on into `part`; return the file's size as
+    the server announces it (None if it does not)."""
+    import requests
+    from tqdm import tqdm
+    with requests.get(url, headers={'Range': f'bytes={have}-'} if have else {}, stream=True, timeout=60) as r:
+        if r.status_code == 416 and 'Content-Range' in r.headers:  # nothing after byte `have`
+            return content_range(r.headers['Content-Range'])[1]
+        r.raise_for_status()
+        if r.status_code == 206:
+            start, size = content_range(r.headers['Content-Range'])
+            if start != have:
+                fail(f"{url}: asked for bytes from {have}, got them from {start}")
+        else:  # 200: the whole file (the first request, or a server that ignores Range)
+            have, size = 0, int(r.headers['Content-Length']) if 'Content-Length' in r.headers else None
+        if total is not None and size != total:
+            fail(f"{url} changed size ({total} -> {size} bytes) during the download: delete {part}")
+        with open(part, 'ab' if have else 'wb') as f, \
+                tqdm(total=size, initial=have, unit='B', unit_scale=True, unit_divisor=1024,
+                     desc=os.path.basename(part), mininterval=1) as bar:
+            for block in r.iter_content(chunk_size=1 << 16):  # a dropped connection loses < 64 KiB
+                f.write(block)
+                bar.update(len(block))
+    return size
+
+
+def download(url, path, retries):
+    """Download `url` to `path` through `path`.part, resuming with an HTTP Range request after an
+    interruption. The file gets its final name only once its size is the announced one."""
+    import requests
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    part, total = path + '.part', None
+    for attempt in range(retries + 1):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        try:
+            total = fetch(url, part, have, total)
+            if total is None:  # nothing to check against: say so, and keep what came
+                print(f"download: the server sent no size; {os.path.getsize(part):,} bytes unchecked")
+                total = os.path.getsize(part)
+        except requests.HTTPError as e:
+            if e.response.status_code < 500:
+                fail(f"download failed: {e}")
+            print(f"download: {e}; retrying")
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+            print(f"download interrupted ({type(e).__name__}: {e}); resuming")
+        size = os.path.getsize(part) if os.path.exists(part) else 0
+        if total is not None and size == total:
+            os.replace(part, path)
+            return path
+        if total is not None and size > total:  # a stale .part of another file: start over
+            os.remove(part)
+        time.sleep(min(30, 2 ** attempt - 1))  # 0, 1, 3, 7, ... seconds
+    fail(f"download of {url} failed {retries + 1} times; rerun to resume from {part}")
+
+# -----------------------------------------------------------------------------
+# Tokenizing and writing
+
+
+def tokenize(documents):
+    """Documents -> (uint16 ids with EOT after each document, tokens per document, number of
+    empty documents, which are skipped). Runs in the worker processes."""
+    encoding, eot = common.get_tokenizer(), np.array([common.EOT], dtype=np.uint32)
+    pieces, lengths, empty = [], [], 0
+    for text in documents:
+        if not text or text.isspace():
+            empty += 1
+            continue
+        try:  # ids straight into numpy, no Python list; disallowed_special=(): like encode_ordinary,
+            # a literal '<|endoftext|>' in a text is plain text
+            ids = encoding.encode_to_numpy(text, disallowed_special=())
+        except UnicodeEncodeError:  # lone surrogates (from JSON escapes): encode_ordinary mends them
+            ids = np.array(encoding.encode_ordinary(text), dtype=np.uint32)
+        pieces += (ids, eot)
+        lengths.append(len(ids) + 1)
+    tokens = np.concatenate(pieces).astype(np.uint16) if pieces else np.zeros(0, dtype=np.uint16)
+    return tokens, np.array(lengths, dtype=np.int64), empty
+
+
+def chunks(documents, max_docs):
+    """Lists of about CHUNK_CHARS characters of documents; at most max_docs documents (0 = all)."""
+    chunk, size = [], 0
+    for i, text in enumerate(documents, 1):
+        chunk.append(text)
+        size += len(text)
+        if size >= CHUNK_CHARS or i == max_docs:
+            yield chunk
+            chunk, size = [], 0
+        if i == max_docs:
+            return
+    if chunk:
+        yield chunk
+
+
+def tokenized(chunks, num_proc):
+    """tokenize() over chunks, in order. At most 2 * num_proc chunks are in flight, so memory
+    stays bounded however much faster the reading is than the tokenizing."""
+    if num_proc <= 1:
+        yield from map(tokenize, chunks)
+        return
+    common.get_tokenizer()  # load it once here, so that forked workers inherit it
+    with Pool(num_proc) as pool:
+        pending = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(tokenize, (chunk,)))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def write_splits(results, paths, val_fraction, split_seed):
+    """Send each document to val with probability val_fraction, else to train; return counts.
+    The draws follow document order, so the split depends only on the input and the seed."""
+    rng = np.random.default_rng(split_seed)
+    n = dict(train_tokens=0, val_tokens=0, train_docs=0, val_docs=0, empty_docs=0)
+    start = last_print = time.time()
+    with open(paths['train.bin'], 'wb') as train, open(paths['val.bin'], 'wb') as val:
+        for tokens, lengths, empty in results:
+            is_val = rng.random(len(lengths)) < val_fraction
+            if is_val.any():
+                in_val = np.repeat(is_val, lengths)
+                tokens[in_val].tofile(val)
+                tokens[~in_val].tofile(train)
+            else:
+                tokens.tofile(train)
+            n['val_docs'] += int(is_val.sum())
+            n['train_docs'] += int((~is_val).sum())
+            n['val_tokens'] += int(lengths[is_val].sum())
+            n['train_tokens'] += int(lengths[~is_val].sum())
+            n['empty_docs'] += empty
+            if time.time() - last_print > 10:
+                last_print, total = time.time(), n['train_tokens'] + n['val_tokens']
+                print(f"{n['train_docs'] + n['val_docs']:,} documents, {total:,} tokens, "
+                      f"{total / (last_print - start):,.0f} tokens/s", flush=True)
+    return n
+
+
+def documents_of(cfg, reader):
+    """The source's documents, and what meta.json should say about where they come from."""
+    if cfg['dataset'] == 'synthetic':
+        source = dict(synthetic_stories=cfg['synthetic_stories'], synthetic_seed=cfg['synthetic_seed'],
+                      corpus_version=corpus.VERSION)
+        return corpus.generate_stories(cfg['synthetic_stories'], cfg['synthetic_seed']), source
+    if cfg['dataset'] == 'owt2' and not cfg['input']:
+        if not os.path.exists(cfg['download_path']):
+            download(cfg['owt2_url'], cfg['download_path'], cfg['download_retries'])
+        return reader.files([cfg['download_path']]), dict(input=[cfg['download_path']], url=cfg['owt2_url'])
+    if cfg['dataset'] in ('text', 'owt2'):
+        files = input_files(cfg['input'])
+        return reader.files(files), dict(input=files)
+    fail(f"dataset='{cfg['dataset']}': use 'synthetic', 'text' or 'owt2'")
+
+
+def main(argv=None):
+    cfg = common.configure(dict(DEFAULTS), 'prepare', argv)
+    if not 0 <= cfg['val_fraction'] < 1:
+        fail(f"val_fraction={cfg['val_fraction']} must be in [0, 1)")
+    os.makedirs(cfg['data_dir'], exist_ok=True)
+    outputs = {name: os.path.join(cfg['data_dir'], name) for name in OUTPUTS}
+    temporary = {name: path + '.tmp' for name, path in outputs.items()}
+    for name in reversed(OUTPUTS):  # meta.json first: it is what marks a finished run
+        if os.path.exists(outputs[name]):
+            os.remove(outputs[name])
+    reader = Reader(cfg['text_delimiter'], cfg['max_bad_lines'])
+    try:
+        documents, source = documents_of(cfg, reader)
+        start = time.time()
+        results = tokenized(chunks(documents, cfg['max_docs']), cfg['num_proc'])
+        n = write_splits(results, temporary, cfg['val_fraction'], cfg['split_seed'])
+        elapsed = time.time() - start
+        if n['train_docs'] == 0 or n['val_docs'] == 0:
+            fail(f"{n['train_docs']} train and {n['val_docs']} val documents: need both "
+                 f"(change val_fraction={cfg['val_fraction']} or add documents)")
+        meta = dict(tokenizer='gpt2', vocab_size=common.VOCAB_SIZE, dtype='uint16', eot=common.EOT,
+                    **n, bad_lines=reader.bad_lines, skipped_members=reader.skipped_members,
+                    source=cfg['dataset'], **source, max_docs=cfg['max_docs'],
+                    val_fraction=cfg['val_fraction'], split_seed=cfg['split_seed'])
+        with open(temporary['meta.json'], 'w') as f:
+            json.dump(meta, f, indent=2)
+        for name in OUTPUTS:  # meta.json last
+            os.replace(temporary[name], outputs[name])
+    finally:
+        for path in temporary.values():
+            if os.path.exists(path):
+                os.remove(path)
+    return report(meta, elapsed)
+
+
+def report(meta, seconds):
+    """Print a summary; return meta.json's content with the time taken."""
+    tokens = meta['train_tokens'] + meta['val_tokens']
+    print(f"{meta['source']}: {meta['train_docs']:,} train + {meta['val_docs']:,} val documents, "
+          f"{meta['train_tokens']:,} + {meta['val_tokens']:,} tokens in {seconds:.1f}s "
+          f"({tokens / max(seconds, 1e-9):,.0f} tokens/s); skipped {meta['empty_docs']} empty "
+          f"documents and {meta['bad_lines']} bad lines")
+    return dict(meta, seconds=seconds)
+
+
+if __name__ == '__main__':
+    main()

@@ -27,12 +27,26 @@ device = 'cpu'
 dtype = 'float32'
 compile = False
 seed = 1337
-what = 'prepare'           # comma-separated: prepare, corpus
+what = 'prepare'           # comma-separated: prepare, corpus, train, sample
 prepare_mb = 32            # text for the throughput runs
 memory_mb = (16, 64)       # two corpus sizes: peak memory should not grow with the corpus
 memory_num_proc = 2
 repeats = 3                # speeds are the best of this many runs (a shared machine is noisy)
 corpus_stories = 100_000
+# train and sample: sizes are model.py presets. On a GPU, e.g.
+#   --device=cuda --dtype=bfloat16 --vae_size=paper --dit_size=dit-l --gpt_size=gpt2-large --seq_len=1024
+vae_size = 'tiny'
+dit_size = 'tiny'
+gpt_size = 'tiny'          # for sampling, the GPT of about the DiT's size (dit-l ~ gpt2-large)
+seq_len = 128              # training window
+train_batch_size = 8
+train_iters = 20           # tokens/s is taken over the second half (compilation happens in the first)
+compile_modes = (False, True)
+sample_lengths = (128, 512, 1024)
+sample_batches = (1, 64)
+sample_prompt = 32         # prompt tokens before each continuation
+sample_steps = 50
+sample_cfg_scale = 7.0
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -190,7 +204,114 @@ def bench_corpus(cfg):
             f'{tokens / seconds:,.0f}', f'{cpu:.2f}', f'{tokens / cpu:,.0f}')])
 
 
+# -----------------------------------------------------------------------------
+# Training throughput: the real stage scripts, on the embedded corpus, timed by their own logs
+
+
+def stage_run(script, args, cwd):
+    """Run a stage script; (its last progress line, its peak RSS in MiB)."""
+    proc = subprocess.Popen([sys.executable, script, *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        sys.exit(f"{script} failed:\n{output[-3000:]}")
+    progress = [line for line in output.splitlines() if ' tok/s' in line]
+    return progress[-1], usage.ru_maxrss / 1024
+
+
+def parse_progress(line):
+    """'vae iter 20: loss ... 123ms/it 4,567 tok/s mfu 40.1% mem 3.2GiB' -> dict of the figures."""
+    words = line.replace(',', '').split()
+    found = {'tok/s': float(words[words.index('tok/s') - 1])}
+    for key in ('mfu', 'mem'):
+        if key in words:
+            found[key] = words[words.index(key) + 1]
+    return found
+
+
+def bench_train(cfg):
+    work = tempfile.mkdtemp(prefix='bench_train_')
+    try:
+        data = os.path.join(work, 'data')
+        subprocess.run([sys.executable, 'prepare.py', '--synthetic_stories=5000', f'--data_dir={data}',
+                        '--num_proc=1'], cwd=ROOT, check=True, capture_output=True)
+        n = cfg['train_iters']
+        common_args = [f'--data_dir={data}', f"--device={cfg['device']}", f"--dtype={cfg['dtype']}",
+                       f'--max_iters={n}', f'--eval_interval={n}', f'--log_interval={n // 2}', '--eval_iters=1',
+                       f"--block_size={cfg['seq_len']}", f"--batch_size={cfg['train_batch_size']}", '--warmup_iters=0']
+        rows = []
+        for compiled in cfg['compile_modes']:
+            out = os.path.join(work, f'out{int(compiled)}')
+            for stage in ('gpt', 'vae', 'dit'):
+                vocab = [] if stage == 'dit' else ['--compact_vocab=False']  # GPT-2's full vocabulary
+                line, rss = stage_run(f'train_{stage}.py', [*common_args, *vocab, f'--out_dir={out}',
+                                                            f'--compile={compiled}', f"--size={cfg[stage + '_size']}"], ROOT)
+                figures = parse_progress(line)
+                memory = figures.get('mem', f'{rss:.0f} MiB RSS')
+                rows.append((stage, cfg[stage + '_size'], compiled, f"{figures['tok/s']:,.0f}",
+                             figures.get('mfu', 'n/a'), memory))
+        print(f"Training throughput of the stage scripts (the VAE with its REPA teacher, the GPT "
+              f"this run trained), window {cfg['seq_len']}, batch {cfg['train_batch_size']}, "
+              f"{cfg['device']} {cfg['dtype']}, over iterations {n // 2 + 1}-{n}. {machine()}\n")
+        table(('stage', 'size', 'compile', 'tokens/s', 'MFU', 'peak memory'), rows)
+    finally:
+        shutil.rmtree(work)
+
+
+# -----------------------------------------------------------------------------
+# Sampling speed: TextLDM (all tokens at once, `sample_steps` ODE steps with CFG) against the
+# GPT with its key/value cache (one token per step). Weights are random: speed does not care.
+
+
+def timed(fn, device):
+    """Seconds of one call of fn, after one warm-up call."""
+    import torch
+    fn()
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+    start = time.time()
+    fn()
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+    return time.time() - start
+
+
+def bench_sample(cfg):
+    import torch
+    import model
+    import sample
+    device, longest = cfg['device'], cfg['sample_prompt'] + max(cfg['sample_lengths'])
+    net_dtype = torch.bfloat16 if cfg['dtype'] == 'bfloat16' and device.startswith('cuda') else torch.float32
+    vae = model.TextVAE(model.make_config('vae', cfg['vae_size'], block_size=longest)).to(device, net_dtype).eval()
+    dit = model.DiT(model.make_config('dit', cfg['dit_size'], block_size=longest, latent_dim=vae.config.latent_dim))
+    dit = dit.to(device, net_dtype).eval()
+    gpt = model.GPT(model.make_config('gpt', cfg['gpt_size'], block_size=longest)).to(device, net_dtype).eval()
+    space = common.LatentSpace(vae, torch.zeros(vae.config.latent_dim), torch.ones(vae.config.latent_dim), common.Vocab())
+    rows, generator = [], torch.Generator(device).manual_seed(cfg['seed'])
+    for length in cfg['sample_lengths']:
+        for batch in cfg['sample_batches']:
+            prompts = [list(range(1000, 1000 + cfg['sample_prompt']))] * batch
+            textldm = timed(lambda: sample.textldm_continue(
+                dit, space, prompts, [length] * batch, generator=generator, steps=cfg['sample_steps'],
+                cfg_scale=cfg['sample_cfg_scale'], ode_dtype=torch.float32), device)
+            idx = torch.tensor(prompts, device=device)
+            with torch.no_grad():
+                gpt_time = timed(lambda: gpt.generate(idx, length, top_k=50, generator=generator), device)
+            rows.append((length, batch, f'{textldm:.3f}', f'{batch * length / textldm:,.0f}',
+                         f'{gpt_time:.3f}', f'{batch * length / gpt_time:,.0f}', f'{gpt_time / textldm:.1f}x'))
+    print(f"Sampling a continuation after a {cfg['sample_prompt']}-token prompt: TextLDM "
+          f"(DiT '{cfg['dit_size']}' {dit.num_params() / 1e6:.1f}M + VAE '{cfg['vae_size']}', "
+          f"{cfg['sample_steps']} Euler steps, CFG {cfg['sample_cfg_scale']}: two passes a step) against "
+          f"GPT '{cfg['gpt_size']}' ({gpt.num_params() / 1e6:.1f}M) with a KV cache; "
+          f"{device} {net_dtype}. {machine()}\n")
+    table(('new tokens', 'batch', 'TextLDM s', 'TextLDM tok/s', 'GPT s', 'GPT tok/s', 'TextLDM speed-up'), rows)
+
+
 if __name__ == '__main__':
     config = common.configure(globals(), 'bench')
     for name in what.split(','):
-        {'prepare': bench_prepare, 'corpus': bench_corpus}[name.strip()](config)
+        benches = {'prepare': bench_prepare, 'corpus': bench_corpus, 'train': bench_train, 'sample': bench_sample}
+        if name.strip() not in benches:
+            raise common.ConfigError(f"what={name!r}: choose from {', '.join(benches)}")
+        benches[name.strip()](config)

@@ -514,7 +514,7 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
 
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # checked when we sync anyway
     tokens_per_iter = tokens_per_sample * cfg['batch_size'] * accum * dist_.world_size
-    peak, t0 = peak_flops(device), time.time()
+    peak, t0, steps = peak_flops(device), time.time(), 0  # steps timed since t0
     while True:
         lr = get_lr(iter_num, cfg['learning_rate'], cfg['min_lr'], cfg['warmup_iters'], cfg['lr_decay_iters'])
         for group in optimizer.param_groups:
@@ -536,6 +536,7 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
                 if wandb:
                     wandb.log({**metrics, 'lr': lr}, step=iter_num)
             save()
+            t0, steps = time.time(), 0  # evaluation and saving are not training time
         if iter_num >= cfg['max_iters']:
             break
 
@@ -557,14 +558,17 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
         if ema is not None:
             ema_update(ema[0], ema[1], ema[2])
 
-        iter_num += 1
+        iter_num, steps = iter_num + 1, steps + 1
         if iter_num % cfg['log_interval'] == 0:
             check_finite(nonfinite, iter_num, ckpt_path)
-            dt, t0 = time.time() - t0, time.time()
-            tok_s = tokens_per_iter * cfg['log_interval'] / dt
+            dt = time.time() - t0
+            tok_s = tokens_per_iter * steps / dt
             mfu = f" mfu {100 * flops_per_token * tok_s / (peak * dist_.world_size):.1f}%" if peak else ''
+            if dist_.device_type == 'cuda':
+                mfu += f" mem {torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f}GiB"
             print0(dist_, f"{stage} iter {iter_num}: loss {loss.item():.4f} lr {lr:.2e} "
-                          f"{1000 * dt / cfg['log_interval']:.0f}ms/it {tok_s:,.0f} tok/s{mfu}")
+                          f"{1000 * dt / steps:.0f}ms/it {tok_s:,.0f} tok/s{mfu}")
+            t0, steps = time.time(), 0
     if wandb:
         wandb.finish()
     return raw
@@ -707,14 +711,20 @@ class LatentSpace:
     A plain object, not an nn.Module, so it is never trained, saved with the DiT, or DDP-wrapped.
     The latents are the posterior means, normalised with the mean/std train_vae.py measured."""
 
-    def __init__(self, vae_path, device):
-        self.vae, self.vocab, ckpt = load_model(vae_path, 'vae')
+    def __init__(self, vae, latent_mean, latent_std, vocab):
+        device = next(vae.parameters()).device
+        self.vae, self.vocab = vae.requires_grad_(False), vocab
+        self.mean = torch.as_tensor(latent_mean, dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(latent_std, dtype=torch.float32, device=device).clamp(min=1e-6)
+        self.latent_dim, self.block_size = vae.config.latent_dim, vae.config.block_size
+
+    @classmethod
+    def load(cls, vae_path, device):
+        """The latent space of a finished train_vae.py run (vae.pt with its latent statistics)."""
+        vae, vocab, ckpt = load_model(vae_path, 'vae')
         if 'latent_mean' not in ckpt:
             raise SystemExit(f"{vae_path} has no latent statistics: it is not a finished train_vae.py run")
-        self.vae.requires_grad_(False).to(device)
-        self.mean = torch.as_tensor(ckpt['latent_mean'], dtype=torch.float32, device=device)
-        self.std = torch.as_tensor(ckpt['latent_std'], dtype=torch.float32, device=device).clamp(min=1e-6)
-        self.latent_dim, self.block_size = self.vae.config.latent_dim, self.vae.config.block_size
+        return cls(vae.to(device), ckpt['latent_mean'], ckpt['latent_std'], vocab)
 
     @torch.no_grad()
     def encode(self, idx, valid=None):

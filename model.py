@@ -5,7 +5,8 @@ The three networks of TextLDM, in one file:
    decodes all N tokens back in parallel (non-autoregressive). An intermediate encoder layer is
    exposed so REPA can align it with a frozen language model (Projector + repa_loss).
 2. DiT: a Diffusion Transformer with adaLN-Zero blocks that predicts the flow-matching velocity
-   of the target latents, conditioned in-context on clean prompt (context) latents.
+   of the target latents, conditioned in-context on clean prompt (context) latents. The Cola
+   variant trains it block-causally (block_causal_mask) and generates with a DiTCache.
 3. GPT: a plain GPT-2, the autoregressive baseline (and a REPA teacher), weight-compatible with
    Hugging Face transformers' GPT2LMHeadModel.
 
@@ -39,6 +40,7 @@ class VAEConfig:
     repa_layer: int | None = None  # 1-based encoder block exposed for REPA; None = the middle one
     dropout: float = 0.0
     causal: bool = False        # causal encoder/decoder: latent i never depends on tokens > i
+    masked_tokens: bool = False  # a learned mask embedding, for Cola's masked-token objective
 
     def __post_init__(self):
         assert self.n_embd % self.n_head == 0, "n_embd must be divisible by n_head"
@@ -50,7 +52,8 @@ class VAEConfig:
 @dataclass
 class DiTConfig:
     latent_dim: int = 64
-    block_size: int = 2048      # max total length of context + target
+    block_size: int = 2048      # max total length of context + target (the position table)
+    latent_block: int = 0       # Cola: trained block-causal on target blocks of this length (0 = TextLDM)
     n_layer: int = 10
     n_head: int = 12
     n_embd: int = 768
@@ -152,13 +155,45 @@ class KVCache:
     def seq_len(self):
         return 0 if self.keys[0] is None else self.keys[0].size(2)
 
-    def append(self, layer, k, v):
-        """Add this step's (B, H, T, C // H) keys/values for `layer`; return all of them."""
+    def peek(self, layer, k, v):
+        """The cached keys/values of `layer` followed by this step's (B, H, T, C // H) ones,
+        without storing them (a draft, e.g. one denoising step of a Cola block)."""
         if self.keys[layer] is not None:
             k = torch.cat([self.keys[layer], k], dim=2)
             v = torch.cat([self.values[layer], v], dim=2)
+        return k, v
+
+    def append(self, layer, k, v):
+        """Add this step's (B, H, T, C // H) keys/values for `layer`; return all of them."""
+        k, v = self.peek(layer, k, v)
         self.keys[layer], self.values[layer] = k, v
         return k, v
+
+class DiTCache(KVCache):
+    """A KVCache of the clean tokens a block-causal (Cola) DiT has seen: the prompt, then each
+    finished block. Also keeps which cached tokens are real, since a batch of prompts is padded.
+
+    valid: (B, T_past) bool, or None before the first commit.
+    """
+
+    def __init__(self, n_layer):
+        super().__init__(n_layer)
+        self.valid = None
+
+    def num_valid(self):
+        """(B,) real tokens cached per row (0 when empty): where the next positions start."""
+        return 0 if self.valid is None else self.valid.sum(dim=1)
+
+    def commit_valid(self, valid):
+        self.valid = valid if self.valid is None else torch.cat([self.valid, valid], dim=1)
+
+    def extend_mask(self, mask, B, L):
+        """A (B or 1, 1, L, L) mask of the current tokens (or None) -> (B, 1, L, T_past + L):
+        every real cached token is visible to every current token."""
+        past = self.valid[:, None, None, :].expand(B, 1, L, -1)
+        if mask is None:
+            mask = torch.ones(1, 1, L, L, dtype=torch.bool, device=past.device)
+        return torch.cat([past, mask.expand(B, 1, L, L)], dim=-1)
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with SDPA. Names (c_attn, c_proj) follow GPT-2."""
@@ -171,13 +206,14 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0):
-        """x: (B, T, C); mask: bool broadcastable to (B, H, T, T_keys) -> (B, T, C)."""
+    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0, commit=True):
+        """x: (B, T, C); mask: bool broadcastable to (B, H, T, T_keys) -> (B, T, C).
+        With a cache, x also attends to the cached tokens; commit=False leaves the cache as it was."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (a.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for a in (q, k, v))
-        if cache is not None:
-            k, v = cache.append(layer, k, v)   # keys/values of all tokens so far
+        if cache is not None:   # keys/values of all tokens so far
+            k, v = cache.append(layer, k, v) if commit else cache.peek(layer, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -259,17 +295,30 @@ class TextVAE(nn.Module):
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         self.drop = nn.Dropout(drop)
         init_gpt_style(self, config.n_enc_layer + config.n_dec_layer)
+        if config.masked_tokens:   # BERT's [MASK]: replaces the embedding of a masked input token
+            self.mask_embedding = nn.Parameter(0.02 * torch.randn(C))
 
     def _positions(self, T, device):
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         return torch.arange(T, device=device)
 
-    def encode(self, idx, valid=None):
-        """idx: (B, T) long -> mean, logvar (B, T, D), hidden (B, T, C) from block repa_layer."""
+    def embed_tokens(self, idx, masked=None):
+        """(B, T) ids -> (B, T, C) encoder input embeddings; where masked (B, T) bool is True
+        the token is hidden behind the learned mask embedding (Cola's masked-token objective)."""
+        x = self.token_embedding(idx)
+        if masked is None:
+            return x
+        if not self.config.masked_tokens:
+            raise ValueError("this VAE has no mask embedding (VAEConfig.masked_tokens=False)")
+        return torch.where(masked[..., None], self.mask_embedding.to(x.dtype), x)
+
+    def encode(self, idx, valid=None, masked=None):
+        """idx: (B, T) long -> mean, logvar (B, T, D), hidden (B, T, C) from block repa_layer.
+        masked: (B, T) bool input tokens replaced by the mask embedding, or None."""
         T = idx.size(1)
         mask = build_attention_mask(T, idx.device, valid, causal=self.config.causal)
-        x = self.drop(self.token_embedding(idx) + self.enc_pos_embedding(self._positions(T, idx.device)))
+        x = self.drop(self.embed_tokens(idx, masked) + self.enc_pos_embedding(self._positions(T, idx.device)))
         hidden = None
         for i, block in enumerate(self.encoder_blocks, start=1):
             x = block(x, mask)
@@ -294,9 +343,10 @@ class TextVAE(nn.Module):
             x = block(x, mask)
         return self.lm_head(self.decoder_ln(x))
 
-    def forward(self, idx, valid=None, sample=True):
-        """idx: (B, T) -> logits (B, T, V), mean, logvar (B, T, D), hidden (B, T, C)."""
-        mean, logvar, hidden = self.encode(idx, valid)
+    def forward(self, idx, valid=None, sample=True, masked=None):
+        """idx: (B, T) -> logits (B, T, V), mean, logvar (B, T, D), hidden (B, T, C).
+        masked: (B, T) bool tokens the encoder does not see; the decoder still predicts idx."""
+        mean, logvar, hidden = self.encode(idx, valid, masked)
         z = self.reparameterize(mean, logvar) if sample else mean
         return self.decode(z, valid), mean, logvar, hidden
 
@@ -395,11 +445,12 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(n_embd, int(n_embd * mlp_ratio), dropout)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 6 * n_embd))
 
-    def forward(self, x, c, mask=None):
+    def forward(self, x, c, mask=None, cache=None, layer=0, commit=False):
         """x: (B, L, C) tokens, c: (B, L, C) per-token conditioning -> (B, L, C)."""
         modulation = self.adaLN_modulation(c).chunk(6, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), mask)
+        attn_in = modulate(self.norm1(x), shift_msa, scale_msa)
+        x = x + gate_msa * self.attn(attn_in, mask, cache=cache, layer=layer, commit=commit)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 class FinalLayer(nn.Module):
@@ -463,24 +514,39 @@ class DiT(nn.Module):
             return torch.arange(L, device=device).expand(B, L)
         return (valid.long().cumsum(dim=1) - 1).clamp(min=0)   # leading padding -> 0
 
-    def forward(self, x, t, is_target, valid=None, attn_mask=None):
+    def forward(self, x, t, is_target, valid=None, attn_mask=None, pos=None, cache=None, commit=False):
         """Predict the velocity at every position.
 
         x: (B, L, D) context latents followed by target latents. t: (B, L) flow time per token.
         is_target: (B, L) bool. valid: (B, L) bool or None (all valid). attn_mask: (L, L) or
         (B, L, L) bool, True = may attend, ANDed with the padding mask.
+        Cola (block-causal) only:
+        pos: (B, L) long positions, each < block_size, instead of the count of valid tokens
+            (in training, the clean and the noisy copy of a target token share a position).
+        cache: a DiTCache of the clean tokens before x (generation): x also attends to all of
+            them and its positions continue after them. commit=True appends x's keys/values (a
+            finished clean block); otherwise the cache is left unchanged (a denoising step).
         Returns (B, L, D); callers keep the target positions.
         """
         B, L, _ = x.shape
-        if L > self.config.block_size:
-            raise ValueError(f"sequence length {L} exceeds block_size {self.config.block_size}")
-        pos = self.positions(valid, B, L, x.device)
+        past = 0 if cache is None else cache.seq_len()
+        if pos is None:   # explicit positions are the caller's to keep in range
+            if past + L > self.config.block_size:
+                raise ValueError(f"sequence length {past + L} exceeds block_size {self.config.block_size}")
+            pos = self.positions(valid, B, L, x.device)
+            if past:
+                pos = pos + cache.num_valid()[:, None]
         h = self.x_embedder(x) + self.pos_embed(pos) + self.role_embed(is_target.long())
         h = self.drop(h)
         c = self.t_embedder(t)   # (B, L, C)
         mask = build_attention_mask(L, x.device, valid, attn_mask)
-        for block in self.blocks:
-            h = block(h, c, mask)
+        if past:
+            mask = cache.extend_mask(mask, B, L)
+        for i, block in enumerate(self.blocks):
+            h = block(h, c, mask, cache, i, commit)
+        if cache is not None and commit:
+            all_valid = torch.ones(B, L, dtype=torch.bool, device=x.device)
+            cache.commit_valid(all_valid if valid is None else valid.bool())
         return self.final_layer(h, c)
 
     def num_params(self, non_embedding=True):
@@ -495,18 +561,81 @@ class DiT(nn.Module):
         cfg = self.config
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
-def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None):
+def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None,
+                       role=None, attn_mask=None, pos=None):
     """Flow matching on the straight path from noise (t=0) to data (t=1).
 
-    x_data: (B, L, D) clean latents (context and target); t: (B,) time of each row's target;
-    is_target: (B, L) bool. Context positions stay clean (t = 1); the loss is the mean squared
-    error of the velocity x_data - noise over target positions only, in fp32."""
+    x_data: (B, L, D) clean latents (context and target); t: (B,) time of each row's target,
+    or (B, L) one per token (Cola: one per target block); is_target: (B, L) bool, the noised
+    positions. Other positions stay clean (t = 1); the loss is the mean squared error of the
+    velocity x_data - noise over the noised positions only, in fp32.
+    role: the DiT's is_target input when it differs (Cola's clean copies of target blocks are
+    targets kept clean); attn_mask and pos go to the DiT."""
     noise = torch.randn_like(x_data) if noise is None else noise
-    times = torch.where(is_target, t[:, None].to(x_data.dtype), 1.0)
+    t = t[:, None] if t.dim() == 1 else t
+    times = torch.where(is_target, t.to(x_data.dtype), 1.0)
     x_t = times[..., None] * x_data + (1 - times[..., None]) * noise  # = x_data where t = 1
-    velocity = dit(x_t, times, is_target, valid)
+    cola = {} if attn_mask is None and pos is None else dict(attn_mask=attn_mask, pos=pos)
+    velocity = dit(x_t, times, is_target if role is None else role, valid, **cola)  # TextLDM: as before
     error = (velocity.float() - (x_data - noise).float()).pow(2).mean(-1)
     return (error * is_target).sum() / is_target.sum().clamp(min=1)
+
+# -----------------------------------------------------------------------------
+# Cola: the block-causal prior. The target is cut into blocks of `latent_block` tokens, counted
+# from its start (a trailing partial block is a block). Training sees the sequence
+#     [context (clean) | clean copy of the target | noisy copy of the target]
+# in one attention call: each noisy block (its own time t) sees the context, the clean copies of
+# the blocks before it and itself; the clean blocks are what generation keeps in its cache.
+
+def block_causal_mask(block, noisy):
+    """(B, L, L) bool attention mask (True = may attend) of block diffusion.
+
+    block: (B, L) long block index of every token: -1 for the context, 0, 1, ... for target
+    blocks (both copies). noisy: (B, L) bool, True on the noisy copy.
+    A clean query of block k sees the clean tokens of blocks <= k (so the context sees only the
+    context); a noisy query of block k sees the clean tokens of blocks < k and the noisy tokens
+    of block k. No query ever sees another block's noisy tokens.
+    """
+    block_q, block_k = block[:, :, None], block[:, None, :]
+    noisy_q, noisy_k = noisy[:, :, None], noisy[:, None, :]
+    clean_key = ~noisy_k & ((block_k < block_q) | ((block_k == block_q) & ~noisy_q))
+    return clean_key | (noisy_k & noisy_q & (block_k == block_q))
+
+def block_diffusion_sequence(x, is_target, valid, latent_block, n_noisy):
+    """TextLDM's packed training row -> Cola's [context | clean target | noisy copy].
+
+    x: (B, W, D) clean latents, the context then the target; is_target, valid: (B, W) bool (a
+    dropped context is invalid). n_noisy >= the longest target: the noisy copy's length, padded.
+    Returns a dict of (B, W + n_noisy) tensors: x (clean everywhere; the loss noises the copy),
+    role (the DiT's is_target: both copies), noisy, valid, pos (a copy shares its clean token's
+    position), block (-1 on the context).
+    """
+    B, W, D = x.shape
+    cut = (~is_target).sum(dim=1, keepdim=True)   # context length of each row
+    j = torch.arange(n_noisy, device=x.device).expand(B, n_noisy)
+    copy_valid = j < W - cut
+    source = (cut + j).clamp(max=W - 1)   # the clean token each copy slot repeats
+    clean_pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)   # as DiT.positions
+    clean_block = torch.where(is_target, (torch.arange(W, device=x.device) - cut).div(
+        latent_block, rounding_mode='floor'), -1)
+    ones = torch.ones(B, n_noisy, dtype=torch.bool, device=x.device)
+    return dict(
+        x=torch.cat([x, x.gather(1, source[..., None].expand(B, n_noisy, D))], dim=1),
+        role=torch.cat([is_target, ones], dim=1),
+        noisy=torch.cat([torch.zeros_like(is_target), ones], dim=1),
+        valid=torch.cat([valid, copy_valid], dim=1),
+        pos=torch.cat([clean_pos, torch.where(copy_valid, clean_pos.gather(1, source), 0)], dim=1),
+        block=torch.cat([clean_block, j.div(latent_block, rounding_mode='floor')], dim=1))
+
+def block_flow_matching_loss(dit, x, is_target, valid, times, latent_block, n_noisy, noise=None):
+    """Cola's training loss: flow matching on the noisy copy of every target block, each block
+    at its own time. x, is_target, valid: a packed row as for flow_matching_loss; times:
+    (B, ceil(n_noisy / latent_block)) one time per block."""
+    seq = block_diffusion_sequence(x, is_target, valid, latent_block, n_noisy)
+    t = times.gather(1, seq['block'].clamp(min=0))   # (B, L); used on the noisy copy only
+    return flow_matching_loss(dit, seq['x'], t, seq['noisy'] & seq['valid'], seq['valid'], noise,
+                              role=seq['role'], attn_mask=block_causal_mask(seq['block'], seq['noisy']),
+                              pos=seq['pos'])
 
 
 # -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 import torch
 
 import common
+from model import DiTCache, block_causal_mask
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `sample_key` in a config file is ours alone)
@@ -33,6 +34,7 @@ out = ''                   # a .jsonl file for {prompt, continuation, ...} recor
 dit_path = '{out_dir}/dit.pt'
 gpt_path = '{out_dir}/gpt.pt'
 steps = 50                 # ODE steps
+steps_per_block = 16       # Cola (a DiT trained with latent_block > 0): ODE steps for each block
 solver = 'euler'           # 'euler' or 'heun'
 cfg_scale = 7.0            # classifier-free guidance; 1 = the conditional model alone
 guidance_min_t = 0.0       # guidance only for t in [guidance_min_t, guidance_max_t]
@@ -94,6 +96,11 @@ def sample_flow(dit, context, context_valid, target_valid, steps=50, solver='eul
         v = guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net_dtype)
         return torch.where(is_target[..., None], v, 0.0)  # the context stays clean
 
+    return integrate(velocity, x, times, solver)[:, C:]
+
+
+def integrate(velocity, x, times, solver='euler'):
+    """Integrate dx/dt = velocity(x, t) over the time grid `times` (fp64, 0 -> 1)."""
     for t0, t1 in zip(times[:-1].tolist(), times[1:].tolist()):
         v0 = velocity(x, t0)
         if solver == 'heun':
@@ -101,7 +108,103 @@ def sample_flow(dit, context, context_valid, target_valid, steps=50, solver='eul
             x = x + (t1 - t0) * 0.5 * (v0 + v1)
         else:
             x = x + (t1 - t0) * v0
-    return x[:, C:]
+    return x
+
+
+# -----------------------------------------------------------------------------
+# Cola: block-by-block generation with a block-causal DiT (trained with latent_block > 0)
+
+class CachedPrefix:
+    """The clean tokens one guidance pass is conditioned on, kept as the DiT's key/value cache:
+    the prompt, then each finished block, committed once; denoising steps only read it."""
+
+    def __init__(self, dit, context, context_valid, net_dtype):
+        self.dit, self.net_dtype = dit, net_dtype
+        self.cache = DiTCache(dit.config.n_layer)
+        if context.shape[1]:
+            self._run(context, 1.0, False, context_valid, commit=True)
+
+    def _run(self, x, t, role, valid=None, commit=False):
+        B, n, _ = x.shape
+        times = torch.full((B, n), t, dtype=self.net_dtype, device=x.device)
+        is_target = torch.full((B, n), role, dtype=torch.bool, device=x.device)
+        v = self.dit(x.to(self.net_dtype), times, is_target, valid, cache=self.cache, commit=commit)
+        return v.to(x.dtype)
+
+    def velocity(self, x, t):
+        """(B, n, D) noisy block at time t -> its velocity, given every committed token."""
+        return self._run(x, t, True)
+
+    def commit(self, x):
+        """Add the finished block x (clean, t = 1) to the cache."""
+        self._run(x, 1.0, True, commit=True)
+
+
+class FullPrefix:
+    """The same without a cache: the whole clean prefix is recomputed at every step, under the
+    training mask (model.block_causal_mask). Slow; the reference the cached path is tested against."""
+
+    def __init__(self, dit, context, context_valid, net_dtype):
+        B, C, _ = context.shape
+        self.dit, self.net_dtype, self.n_blocks = dit, net_dtype, 0
+        self.x, self.valid = context.double(), context_valid   # fp64 holds fp32 and fp64 exactly
+        self.role = torch.zeros(B, C, dtype=torch.bool, device=context.device)
+        self.block = torch.full((B, C), -1, dtype=torch.long, device=context.device)
+
+    def _extend(self, x):
+        """The prefix followed by block x (B, n, D), as block number self.n_blocks."""
+        B, n, _ = x.shape
+        ones = torch.ones(B, n, dtype=torch.bool, device=x.device)
+        return (torch.cat([self.x, x.double()], dim=1), torch.cat([self.valid, ones], dim=1),
+                torch.cat([self.role, ones], dim=1),
+                torch.cat([self.block, self.n_blocks * ones.long()], dim=1))
+
+    def velocity(self, x, t):
+        seq, valid, role, block = self._extend(x)
+        noisy = torch.arange(seq.shape[1], device=x.device).expand_as(valid) >= seq.shape[1] - x.shape[1]
+        times = torch.full(noisy.shape, t, dtype=torch.float64, device=x.device).masked_fill(~noisy, 1.0)
+        mask = block_causal_mask(block, noisy)
+        v = self.dit(seq.to(self.net_dtype), times.to(self.net_dtype), role, valid, mask)
+        return v[:, -x.shape[1]:].to(x.dtype)
+
+    def commit(self, x):
+        self.x, self.valid, self.role, self.block = self._extend(x)
+        self.n_blocks += 1
+
+
+@torch.no_grad()
+def sample_blocks(dit, context, context_valid, max_new_tokens, steps=16, solver='euler', cfg_scale=7.0,
+                  guidance_interval=(0.0, 1.0), grid='uniform', std=1.5, ode_dtype=torch.float64,
+                  generator=None, net_dtype=torch.float32, use_cache=True, on_block=None):
+    """Cola: the target latents block by block (dit.config.latent_block tokens each; the last may
+    be shorter), each integrated from noise in `steps` ODE steps given the clean blocks before it.
+    With CFG the unconditional pass sees the generated blocks but not the prompt. context: (B, C, D)
+    normalised clean latents (C may be 0), context_valid (B, C). on_block(latents so far) may
+    return True to stop early. Returns (B, n, D) latents, n <= max_new_tokens."""
+    B, _, D = context.shape
+    Prefix = CachedPrefix if use_cache else FullPrefix
+    cond = Prefix(dit, context, context_valid, net_dtype)
+    uncond = Prefix(dit, context[:, :0], context_valid[:, :0], net_dtype) if cfg_scale != 1.0 else None
+    times = make_time_grid(steps, grid, std)
+
+    def velocity(x, t):
+        v = cond.velocity(x, t)
+        if uncond is None or not guidance_interval[0] <= t <= guidance_interval[1]:
+            return v
+        v_uncond = uncond.velocity(x, t)
+        return v_uncond + cfg_scale * (v - v_uncond)
+
+    blocks = [torch.zeros(B, 0, D, device=context.device, dtype=ode_dtype)]
+    for start in range(0, max_new_tokens, dit.config.latent_block):
+        n = min(dit.config.latent_block, max_new_tokens - start)
+        noise = torch.randn(B, n, D, generator=generator, device=context.device, dtype=torch.float64)
+        blocks.append(integrate(velocity, noise.to(ode_dtype), times, solver))
+        stop = on_block is not None and on_block(torch.cat(blocks, dim=1))
+        if stop or start + n == max_new_tokens:
+            break
+        for prefix in filter(None, (cond, uncond)):   # the next block sees this one, clean
+            prefix.commit(blocks[-1])
+    return torch.cat(blocks, dim=1)
 
 
 # -----------------------------------------------------------------------------
@@ -135,6 +238,32 @@ def textldm_continue(dit, space, prompts, lengths, generator=None, **flow):
     return [cut_at_eot(row[:n].tolist(), space.vocab.eot) for row, n in zip(ids, lengths)]
 
 
+def cola_continue(dit, space, prompts, max_new_tokens, generator=None, on_text=None, **flow):
+    """Continue each prompt (model ids, may be empty) block by block with a Cola DiT, until every
+    row has an <|endoftext|> or max_new_tokens tokens (an int, or one per prompt). After each block
+    the latents so far are decoded and on_text(new ids of each row) is called. flow: keywords of
+    sample_blocks. Returns the model ids of each row, cut at <|endoftext|> (as textldm_continue)."""
+    device, eot = space.mean.device, space.vocab.eot
+    lengths = (list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple))
+               else [max_new_tokens] * len(prompts))
+    context_ids, context_valid = pad_rows(prompts, eot, device)
+    context = (space.encode(context_ids, context_valid) if context_ids.shape[1]
+               else torch.zeros(len(prompts), 0, space.latent_dim, device=device))
+    rows = [[] for _ in prompts]
+
+    def after_block(latents):
+        ids = space.decode(latents).cpu()   # a causal VAE keeps the earlier tokens as they were
+        new_rows = [cut_at_eot(row[:n].tolist(), eot) for row, n in zip(ids, lengths)]
+        if on_text is not None:
+            on_text([new[len(old):] for new, old in zip(new_rows, rows)])
+        rows[:] = new_rows
+        return all(eot in row[:n].tolist() or latents.shape[1] >= n for row, n in zip(ids, lengths))
+
+    sample_blocks(dit, context, context_valid, max(lengths, default=0), generator=generator,
+                  net_dtype=next(dit.parameters()).dtype, on_block=after_block, **flow)
+    return rows
+
+
 def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, top_k=0, top_p=1.0):
     """Continue each prompt with the GPT's KV-cached sampler; an empty prompt starts after an
     <|endoftext|>, i.e. at the beginning of a document."""
@@ -151,7 +280,7 @@ def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, 
 def load_textldm(dit_path, device):
     """(EMA DiT, LatentSpace) with the checks that a DiT and its VAE belong together."""
     dit, _, ckpt = common.load_model(dit_path, 'dit', ema=True)
-    space = common.LatentSpace(ckpt['model_args']['vae_path'], device)
+    space = common.LatentSpace.load(ckpt['model_args']['vae_path'], device)
     if dit.config.latent_dim != space.latent_dim:
         raise SystemExit(f"the DiT in {dit_path} was trained on {dit.config.latent_dim}-channel latents, "
                          f"the VAE {ckpt['model_args']['vae_path']} makes {space.latent_dim}")
@@ -167,7 +296,7 @@ def check_lengths(prompt_len, new_tokens, limits):
 
 # -----------------------------------------------------------------------------
 def main():
-    config = common.configure(globals(), 'sample')
+    common.configure(globals(), 'sample')
     common.check_precision(device, dtype)
     text = prompt
     if text.startswith('FILE:'):
@@ -178,14 +307,28 @@ def main():
     if model == 'textldm':
         if solver not in ('euler', 'heun'):
             raise common.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")
+        if time_grid not in ('uniform', 'logit_normal'):
+            raise common.ConfigError(f"time_grid={time_grid!r}: 'uniform' or 'logit_normal'")
+        if ode_dtype not in ('float32', 'float64'):
+            raise common.ConfigError(f"ode_dtype={ode_dtype!r}: 'float32' or 'float64'")
         dit, space = load_textldm(dit_path, device)
         vocab, prompt_ids = space.vocab, space.vocab.encode(text).tolist()
         check_lengths(len(prompt_ids), max_new_tokens, [('DiT', dit.config.block_size)])
         check_lengths(len(prompt_ids), 0, [('VAE', space.block_size)])
         flow = dict(steps=steps, solver=solver, cfg_scale=cfg_scale, grid=time_grid, std=logit_normal_std,
                     guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype))
-        run = lambda: textldm_continue(dit, space, [prompt_ids] * num_samples, [max_new_tokens] * num_samples,
-                                       generator=generator, **flow)
+        if dit.config.latent_block:   # a Cola DiT: block by block, sample 0 printed as it comes
+            print(f"Cola, blocks of {dit.config.latent_block} latents; sample 0 as decoded:\n{text}", end='')
+            stream = lambda new: print(vocab.decode(new[0]), end='', flush=True)
+
+            def run():
+                rows = cola_continue(dit, space, [prompt_ids] * num_samples, max_new_tokens, generator=generator,
+                                     on_text=stream, **{**flow, 'steps': steps_per_block})
+                print()
+                return rows
+        else:
+            run = lambda: textldm_continue(dit, space, [prompt_ids] * num_samples, [max_new_tokens] * num_samples,
+                                           generator=generator, **flow)
     elif model == 'gpt':
         gpt, vocab, _ = common.load_model(gpt_path, 'gpt')
         gpt.to(device)

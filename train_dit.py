@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 import common
-from model import DiT, flow_matching_loss, make_config
+from model import DiT, block_flow_matching_loss, flow_matching_loss, make_config
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `dit_key` in a config file is ours alone)
@@ -39,6 +39,8 @@ context_max = 0.75         # [context_min, context_max]; at least one target tok
 timestep_sampling = 'logit_normal'  # or 'uniform'
 logit_normal_std = 1.5     # the paper's choice (1.2 and uniform were worse)
 cfg_dropout = 0.1          # probability of dropping the context, for classifier-free guidance
+latent_block = 0           # Cola: denoise the target in blocks of this many tokens, block-causally
+                           # (4 or 16; 0 = TextLDM, the whole target at one noise level)
 ema_decay = 0.9999
 globals().update(common.TRAIN_DEFAULTS)
 # -----------------------------------------------------------------------------
@@ -46,6 +48,8 @@ config = common.configure(globals(), 'dit')
 common.check_precision(device, dtype)
 if timestep_sampling not in ('logit_normal', 'uniform'):
     raise common.ConfigError(f"timestep_sampling={timestep_sampling!r}: 'logit_normal' or 'uniform'")
+if latent_block < 0:
+    raise common.ConfigError(f"latent_block={latent_block} must be >= 0 (0 = TextLDM)")
 
 
 def sample_timesteps(n, device):
@@ -67,16 +71,24 @@ def pack(context, target, cut):
 
 
 class FlowMatchingObjective(nn.Module):
-    """Encode, pack, and score the DiT's velocity on the target positions (model.flow_matching_loss)."""
+    """Encode, pack, and score the DiT's velocity on the target positions (model.flow_matching_loss).
+    With latent_block > 0 (Cola), every target block gets its own time and is denoised given the
+    clean blocks before it (model.block_flow_matching_loss)."""
 
-    def __init__(self, dit, space):
+    def __init__(self, dit, space, latent_block=0, n_noisy=0):
         super().__init__()
         self.dit, self.space = dit, space  # space is a plain object: the VAE stays frozen, unsaved
+        self.latent_block, self.n_noisy = latent_block, n_noisy  # n_noisy: the longest target
 
     def forward(self, context_idx, context_valid, target_idx, target_valid, cut, drop_context):
         x_data, is_target = pack(self.space.encode(context_idx, context_valid),
                                  self.space.encode(target_idx, target_valid), cut)
         valid = is_target | ~drop_context[:, None]  # a dropped context is all padding
+        if self.latent_block:
+            n_blocks = -(-self.n_noisy // self.latent_block)
+            times = sample_timesteps(len(cut) * n_blocks, cut.device).view(len(cut), n_blocks)
+            return block_flow_matching_loss(self.dit, x_data, is_target, valid, times,
+                                            self.latent_block, self.n_noisy), {}
         t = sample_timesteps(len(cut), cut.device)
         return flow_matching_loss(self.dit, x_data, t, is_target, valid), {}
 
@@ -101,17 +113,29 @@ def batch_fn(split, rng):
 # -----------------------------------------------------------------------------
 dist_ = common.Dist(device)
 common.seed_everything(seed + dist_.rank)
-space = common.LatentSpace(vae_path, dist_.device)
+space = common.LatentSpace.load(vae_path, dist_.device)
 data = common.TokenData(data_dir, vocab=space.vocab)  # token ids as the VAE knows them
 if block_size > space.block_size:
     raise common.ConfigError(f"block_size={block_size} exceeds the VAE's {space.block_size}")
-dit_config = make_config('dit', size, latent_dim=space.latent_dim, block_size=block_size, dropout=dropout)
+dit_config = make_config('dit', size, latent_dim=space.latent_dim, block_size=block_size, dropout=dropout,
+                         latent_block=latent_block)
+if init_from == 'resume':
+    saved = common.load_checkpoint(f'{out_dir}/dit.pt', 'dit checkpoint to resume')['model_args']
+    if saved['latent_dim'] != space.latent_dim:
+        raise SystemExit(f"{out_dir}/dit.pt was trained on {saved['latent_dim']}-channel latents, "
+                         f"the VAE {vae_path} makes {space.latent_dim}: same VAE to resume")
 dit = DiT(dit_config)
 ema = copy.deepcopy(dit).to(dist_.device).requires_grad_(False)
 model_args = {**dataclasses.asdict(dit_config), 'vae_path': vae_path, 'vocab_ids': space.vocab.state()}
 common.print0(dist_, f"DiT '{size}': {dit.num_params() / 1e6:.2f}M parameters on "
                      f"{space.latent_dim}-channel latents of {vae_path}")
-common.train(config, 'dit', FlowMatchingObjective(dit, space), batch_fn, dist_, model_args,
-             flops_per_token=dit.flops_per_token(block_size), tokens_per_sample=block_size,
-             ema=(ema, dit, ema_decay))
+# Cola trains on [context | clean target | noisy copy]: n_noisy more tokens per window than TextLDM.
+n_noisy = block_size - int(context_min * block_size) if latent_block else 0
+if latent_block and not space.vae.config.causal:
+    common.print0(dist_, "note: Cola with a non-causal VAE: a decoded block can still change once later "
+                         "blocks are generated (train the VAE with causal=True)")
+objective = FlowMatchingObjective(dit, space, latent_block, n_noisy)
+common.train(config, 'dit', objective, batch_fn, dist_, model_args,
+             flops_per_token=dit.flops_per_token(block_size + n_noisy) * (block_size + n_noisy) / block_size,
+             tokens_per_sample=block_size, ema=(ema, dit, ema_decay))
 dist_.close()

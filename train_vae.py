@@ -5,10 +5,14 @@ where REPA aligns an intermediate encoder block (through a small projector) with
 states of a frozen pretrained language model, the teacher. At the end, the per-channel mean
 and std of the latents are measured on data and stored in vae.pt for the DiT to normalise with.
 
+Cola's masked-token objective (mask_prob > 0): that share of the valid input tokens is replaced
+by a learned mask embedding before the encoder; the decoder still reconstructs the original
+tokens, and the CE of the loss covers every valid token. Logged apart: recon_ce / recon_acc on
+the tokens the encoder saw, masked_ce on the masked ones (validation batches are masked too).
+
     python train_vae.py config/tiny.py
     torchrun --standalone --nproc_per_node=8 train_vae.py config/owt.py
 """
-import codecs
 import dataclasses
 
 import numpy as np
@@ -31,6 +35,7 @@ size = 'tiny'              # a preset of model.VAE_SIZES
 block_size = 256           # window length in tokens
 latent_dim = 64            # channels per token latent
 causal = False             # causal encoder/decoder (for the block-causal prior)
+mask_prob = 0.0            # Cola's masked-token objective: share of input tokens masked (0 = off)
 dropout = 0.0
 kl_weight = 1e-3           # beta, reached by a linear warm-up over kl_warmup_iters
 kl_warmup_iters = 1000
@@ -47,6 +52,8 @@ globals().update(common.TRAIN_DEFAULTS)
 # -----------------------------------------------------------------------------
 config = common.configure(globals(), 'vae')
 common.check_precision(device, dtype)
+if not 0.0 <= mask_prob < 1.0:
+    raise common.ConfigError(f"mask_prob={mask_prob} must be in [0, 1)")
 
 
 # -----------------------------------------------------------------------------
@@ -99,7 +106,7 @@ class Teacher:
         gpt2_ids = vocab.to_gpt2(idx.numpy())
         if self.same_tokens:
             return torch.from_numpy(self.vocab.from_gpt2(gpt2_ids)), valid, torch.zeros(0, 3, dtype=torch.long)
-        rows = [align_by_characters(ids[v].tolist(), self.tokenizer) for ids, v in zip(gpt2_ids, valid.numpy())]
+        rows = [common.align_by_characters(ids[v].tolist(), self.tokenizer) for ids, v in zip(gpt2_ids, valid.numpy())]
         width = max(1, max(len(teacher_ids) for teacher_ids, _ in rows))
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -127,31 +134,6 @@ class Teacher:
         return summed / count.clamp(min=1).unsqueeze(-1), count > 0
 
 
-def align_by_characters(ids, tokenizer):
-    """Decode our tokens to text, tokenize it with the teacher's tokenizer, and pair each of our
-    tokens with the teacher tokens whose character spans overlap its own. Bytes are decoded
-    incrementally, so a window that starts or ends inside a UTF-8 character decodes to U+FFFD
-    there instead of failing; a token that completes no character takes the character it
-    begins. <|endoftext|> becomes a blank line, the document break a teacher expects."""
-    enc, decoder = common.get_tokenizer(), codecs.getincrementaldecoder('utf-8')('replace')
-    pieces, starts = [], []
-    for t in ids:
-        starts.append(sum(map(len, pieces)))
-        pieces.append('\n\n' if t == common.EOT else decoder.decode(enc.decode_single_token_bytes(t)))
-    pieces.append(decoder.decode(b'', final=True))
-    text = ''.join(pieces)
-    ends = starts[1:] + [len(text)]
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = np.array(encoded['offset_mapping'], dtype=np.int64).reshape(-1, 2)
-    pairs = []
-    for i, (s, e) in enumerate(zip(starts, ends)):
-        e = max(e, min(s + 1, len(text)))  # an empty span: the character this token begins
-        first = np.searchsorted(offsets[:, 1], s, side='right')  # first teacher token ending after s
-        last = np.searchsorted(offsets[:, 0], e, side='left')   # first teacher token starting at/after e
-        pairs += [(i, j) for j in range(first, last)]
-    return encoded['input_ids'], pairs
-
-
 # -----------------------------------------------------------------------------
 # The objective
 
@@ -165,15 +147,19 @@ class VAEObjective(nn.Module):
         # beta as a tensor: changing it during the warm-up must not trigger a recompile
         self.register_buffer('kl_weight', torch.zeros(()), persistent=False)
 
-    def forward(self, idx, valid, *teacher_batch):
-        logits, mean, logvar, hidden = self.vae(idx, valid, sample=self.training)
+    def forward(self, idx, valid, *rest):
+        # with the masked-token objective on, batch_fn puts the (B, T) bool mask after `valid`
+        masked, teacher_batch = (rest[0], rest[1:]) if self.vae.config.masked_tokens else (None, rest)
+        logits, mean, logvar, hidden = self.vae(idx, valid, sample=self.training, masked=masked)
         ce = F.cross_entropy(logits.float().flatten(0, 1), idx.flatten(), reduction='none')
-        weights = valid.flatten().float() / valid.sum().clamp(min=1)
-        recon_ce = (ce * weights).sum()
-        recon_acc = ((logits.argmax(-1) == idx).flatten().float() * weights).sum()
+        seen = valid if masked is None else valid & ~masked   # the tokens the encoder saw
+        recon_ce = token_mean(ce, seen)
+        recon_acc = token_mean((logits.argmax(-1) == idx).flatten().float(), seen)
         kl = kl_divergence(mean, logvar, valid)
-        loss = recon_ce + self.kl_weight * kl
+        loss = (recon_ce if masked is None else token_mean(ce, valid)) + self.kl_weight * kl
         metrics = {'recon_ce': recon_ce.detach(), 'recon_acc': recon_acc, 'kl': kl.detach()}
+        if masked is not None:
+            metrics['masked_ce'] = token_mean(ce, masked).detach()
         if self.teacher is not None:
             target, has_target = self.teacher.features(*teacher_batch, idx.shape[1])
             repa = repa_loss(self.projector(hidden), target, valid & has_target)
@@ -182,15 +168,23 @@ class VAEObjective(nn.Module):
         return loss, metrics
 
 
+def token_mean(values, where):
+    """Mean of per-token values (B * T,) over the tokens where `where` (B, T) is True."""
+    weights = where.flatten().float() / where.sum().clamp(min=1)
+    return (values * weights).sum()
+
+
 def batch_fn(split, rng):
-    """Random windows, a share of them cut to a random length (the rest marked invalid)."""
+    """Random windows, a share of them cut to a random length (the rest marked invalid), and
+    with mask_prob > 0 the valid tokens to mask (drawn last: mask_prob = 0 keeps the stream)."""
     idx = data.windows(split, batch_size, block_size, rng)
     lengths = np.where(rng.random(batch_size) < truncate_prob,
                        rng.integers(min_length, block_size + 1, size=batch_size), block_size)
     valid = np.arange(block_size)[None, :] < lengths[:, None]
+    masked = (torch.from_numpy((rng.random(valid.shape) < mask_prob) & valid),) if mask_prob else ()
     idx = torch.from_numpy(np.where(valid, idx, data.vocab.eot))
     valid = torch.from_numpy(valid)
-    return (idx, valid) + (teacher.inputs(idx, valid, data.vocab) if teacher else ())
+    return (idx, valid) + masked + (teacher.inputs(idx, valid, data.vocab) if teacher else ())
 
 
 @torch.no_grad()
@@ -211,7 +205,8 @@ def latent_statistics(vae, rng):
 dist_ = common.Dist(device)
 common.seed_everything(seed + dist_.rank)
 data = common.TokenData(data_dir, compact_vocab)
-overrides = dict(vocab_size=data.vocab.size, block_size=block_size, latent_dim=latent_dim, causal=causal, dropout=dropout)
+overrides = dict(vocab_size=data.vocab.size, block_size=block_size, latent_dim=latent_dim, causal=causal,
+                 dropout=dropout, masked_tokens=mask_prob > 0)
 if repa_layer:
     overrides['repa_layer'] = repa_layer
 vae_config = make_config('vae', size, **overrides)

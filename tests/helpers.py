@@ -165,11 +165,13 @@ def tiny_pipeline(root, iters=2, block_size=32):
     but every file eval.py and sample.py read is there, in the format the scripts write it."""
     data_dir = write_data_dir(os.path.join(root, 'data'), n_stories=1000)
     out_dir = os.path.join(root, 'out')
-    # one command line for all three, as one config file would be: STAGE_ keys reach one stage
-    argv = ['--device=cpu', '--dtype=float32', '--size=tiny', f'--block_size={block_size}', '--batch_size=4',
-            '--eval_iters=1', f'--max_iters={iters}', f'--eval_interval={iters}', '--warmup_iters=1',
-            f'--data_dir={data_dir}', f'--out_dir={out_dir}', '--gpt_compact_vocab=True',
-            '--vae_compact_vocab=True', '--vae_projector_dim=32', '--vae_stats_batches=1']
+    # one config file for all three stages, as a user would write it
+    config = os.path.join(root, 'tiny_pipeline.py')
+    with open(config, 'w') as f:
+        f.write(f"device = 'cpu'\ndtype = 'float32'\nsize = 'tiny'\nblock_size = {block_size}\n"
+                f"batch_size = 4\neval_iters = 1\nmax_iters = {iters}\neval_interval = {iters}\n"
+                f"warmup_iters = 1\ndata_dir = {data_dir!r}\nout_dir = {out_dir!r}\ncompact_vocab = True\n"
+                f"vae_projector_dim = 32\nvae_stats_batches = 1\n")
     for script in ('train_gpt.py', 'train_vae.py', 'train_dit.py'):
-        run_script(script, *argv)
+        run_script(script, config)
     return data_dir, out_dir

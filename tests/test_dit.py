@@ -1,0 +1,424 @@
+"""Tests for stage 2 (train_dit.py) and the sampler (sample.py): the flow-matching time
+convention, a toy 2-D mixture learned and sampled back, CFG, Euler vs Heun, time grids, the
+context/target packing, a tiny end-to-end run on the embedded corpus, exact resume (EMA
+included), and the errors a user can run into.
+
+Run: python -m pytest tests/test_dit.py -q   (CPU, offline, ~1-2 min on 2 cores)
+"""
+import ast
+import importlib
+import json
+import math
+import os
+import runpy
+import shutil
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import sample  # noqa: E402
+from model import DiT, flow_matching_loss, make_config  # noqa: E402
+from helpers import load_ckpt, read_metrics, run_script, write_data_dir  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Small CPU ops on a loaded 2-core machine are ~100x slower with competing threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def script_function(script, name, namespace):
+    """A top-level function of a stage script, without running the script's top-level code."""
+    path = os.path.join(ROOT, script)
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    exec(compile(ast.Module(body=[node], type_ignores=[]), path, 'exec'), namespace)
+    return namespace[name]
+
+
+def perturbed_dit(latent_dim=4, block_size=32, seed=0, scale=0.15, dtype=torch.float32):
+    """A small DiT whose zero-initialised (adaLN-Zero) parameters are randomised, so the output
+    depends on x, t and the context."""
+    torch.manual_seed(seed)
+    dit = DiT(make_config('dit', 'tiny', latent_dim=latent_dim, block_size=block_size,
+                          n_layer=2, n_head=2, n_embd=32))
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return dit.eval().to(dtype)
+
+
+def context_batch(B=3, C=5, N=4, D=4, seed=1):
+    """Context latents with padding (row 1 has 3 valid latents, row 2 none) and N target slots."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randn(B, C, D, generator=g)
+    context_valid = torch.arange(C)[None, :] < torch.tensor([C, 3, 0][:B])[:, None]
+    return context, context_valid, torch.ones(B, N, dtype=torch.bool)
+
+
+# -----------------------------------------------------------------------------
+# The time convention: t = 0 is noise, t = 1 is data, velocity = data - noise
+
+class RecordingStub(torch.nn.Module):
+    def __init__(self, output=None):
+        super().__init__()
+        self.output, self.calls = output, []
+
+    def forward(self, x, t, is_target, valid=None):
+        self.calls.append((x.clone(), t.clone()))
+        return torch.zeros_like(x) if self.output is None else self.output
+
+
+def test_flow_matching_loss_time_convention():
+    g = torch.Generator().manual_seed(0)
+    B, L, D = 3, 6, 4
+    x_data, noise = torch.randn(B, L, D, generator=g), torch.randn(B, L, D, generator=g)
+    is_target = torch.arange(L)[None, :] >= torch.tensor([2, 0, 5])[:, None]
+    t = torch.tensor([0.0, 0.3, 1.0])
+    stub = RecordingStub()
+    loss_zero = flow_matching_loss(stub, x_data, t, is_target, noise=noise)
+    x_t, times = stub.calls[0]
+    expect = torch.where(is_target[..., None], t[:, None, None] * x_data + (1 - t[:, None, None]) * noise, x_data)
+    assert torch.allclose(x_t, expect, atol=1e-6)
+    assert torch.equal(times, torch.where(is_target, t[:, None], 1.0))   # context is clean: t = 1
+    assert torch.allclose(x_t[0, 2:], noise[0, 2:])                        # t = 0: pure noise
+    # a velocity of 0 costs |data - noise|^2 averaged over target positions and channels
+    err = (x_data - noise).pow(2).mean(-1)
+    assert torch.allclose(loss_zero, err[is_target].mean(), atol=1e-6)
+    # the exact velocity (data - noise) on the targets costs nothing, whatever the context outputs
+    exact = torch.where(is_target[..., None], x_data - noise, 100.0)
+    assert flow_matching_loss(RecordingStub(exact), x_data, t, is_target, noise=noise).item() < 1e-10
+
+
+def test_sampler_integrates_from_noise_at_0_to_data_at_1():
+    """With the exact straight-path velocity towards a point x*, v = (x* - x) / (1 - t), Euler
+    lands on x* at t = 1 and keeps the context untouched: the sampler uses the same convention."""
+    target = torch.tensor([[[1.5, -2.0, 0.5]]]).double()
+    seen = []
+
+    def dit(x, t, is_target, valid):
+        seen.append(t[is_target].unique().tolist())
+        return (target - x) / (1 - t).clamp(min=1e-12)[..., None]
+
+    context, context_valid = torch.randn(1, 2, 3), torch.ones(1, 2, dtype=torch.bool)
+    for grid in ('uniform', 'logit_normal'):
+        seen.clear()
+        out = sample.sample_flow(dit, context, context_valid, torch.ones(1, 1, dtype=torch.bool), steps=5,
+                                 cfg_scale=1.0, grid=grid, generator=torch.Generator().manual_seed(0),
+                                 net_dtype=torch.float64)
+        assert out.shape == (1, 1, 3)
+        assert torch.allclose(out, target, atol=1e-9)
+        assert seen[0] == [0.0] and all(a[0] < b[0] for a, b in zip(seen, seen[1:]))  # starts at noise
+
+
+# -----------------------------------------------------------------------------
+# Learning and sampling a toy 2-D mixture
+
+MODES = torch.tensor([[2.0, 0.0], [-1.0, 1.732], [-1.0, -1.732]])
+WEIGHTS = torch.tensor([0.5, 0.3, 0.2])
+
+
+def test_toy_mixture_modes_and_weights():
+    torch.manual_seed(0)
+    dit = DiT(make_config('dit', 'tiny', latent_dim=2, block_size=4, n_layer=2, n_head=2, n_embd=32))
+    steps, B, std = 250, 512, 0.1
+    opt = torch.optim.Adam(dit.parameters(), lr=5e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    g = torch.Generator().manual_seed(0)
+    one_target = torch.ones(B, 1, dtype=torch.bool)   # one target token, no context
+    for _ in range(steps):
+        k = torch.multinomial(WEIGHTS, B, replacement=True, generator=g)
+        x = (MODES[k] + std * torch.randn(B, 2, generator=g))[:, None, :]
+        loss = flow_matching_loss(dit, x, torch.rand(B, generator=g), one_target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    dit.eval()
+    n = 1000
+    z = sample.sample_flow(dit, torch.zeros(n, 0, 2), torch.zeros(n, 0, dtype=torch.bool),
+                           torch.ones(n, 1, dtype=torch.bool), steps=50, cfg_scale=1.0,
+                           generator=torch.Generator().manual_seed(1))[:, 0].float()
+    distance, nearest = torch.cdist(z, MODES).min(dim=1)
+    fractions = torch.bincount(nearest, minlength=3).float() / n
+    assert (fractions > 0.05).all(), f"a mode was missed: {fractions.tolist()}"
+    assert (fractions - WEIGHTS).abs().max() < 0.07, f"weights {fractions.tolist()} vs {WEIGHTS.tolist()}"
+    assert (distance < 0.5).float().mean() > 0.9, "most samples should lie near a mode"
+
+
+# -----------------------------------------------------------------------------
+# Classifier-free guidance, solvers, time grids
+
+def manual_euler(dit, context, context_valid, target_valid, steps, generator, scale=1.0, net_dtype=torch.float32):
+    """Euler on a uniform grid calling the DiT directly; with scale != 1 the unconditional
+    velocity is the DiT on the target alone (what training sees when the context is dropped)."""
+    B, C, D = context.shape
+    N = target_valid.shape[1]
+    noise = torch.randn(B, N, D, generator=generator, dtype=torch.float64)
+    x = torch.cat([context.double(), noise], dim=1)
+    is_target = (torch.arange(C + N) >= C).expand(B, -1)
+    valid = torch.cat([context_valid, target_valid], dim=1)
+    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float64).tolist()
+    for t0, t1 in zip(grid[:-1], grid[1:]):
+        times = torch.where(is_target, t0, 1.0).double()
+        v = dit(x.to(net_dtype), times.to(net_dtype), is_target, valid).double()[:, C:]
+        if scale != 1.0:
+            xt = x[:, C:]
+            v_u = dit(xt.to(net_dtype), times[:, C:].to(net_dtype), is_target[:, C:], target_valid).double()
+            v = v_u + scale * (v - v_u)
+        x = torch.cat([x[:, :C], x[:, C:] + (t1 - t0) * v], dim=1)
+    return x[:, C:]
+
+
+def test_cfg_scale_one_is_the_conditional_model():
+    dit = perturbed_dit()
+    context, context_valid, target_valid = context_batch()
+    run = lambda **kw: sample.sample_flow(dit, context, context_valid, target_valid, steps=8,
+                                          generator=torch.Generator().manual_seed(5), **kw)
+    ours = run(cfg_scale=1.0)
+    manual = manual_euler(dit, context, context_valid, target_valid, 8, torch.Generator().manual_seed(5))
+    assert ours.dtype == torch.float64 and ours.shape == (3, 4, 4)
+    assert torch.allclose(ours, manual, atol=1e-6)
+    # guidance outside its interval is no guidance
+    assert torch.allclose(run(cfg_scale=7.0, guidance_interval=(2.0, 3.0)), ours, atol=1e-12)
+    # with guidance the context matters: the samples differ from the conditional model's
+    guided = run(cfg_scale=4.0)
+    assert (guided - ours)[:2].abs().max() > 1e-2
+    # row 2 has no context: conditional and unconditional coincide, guidance changes nothing
+    assert torch.allclose(guided[2], ours[2], atol=1e-5)
+
+
+def test_cfg_combines_conditional_and_unconditional_like_training():
+    """v = v_u + s (v_c - v_u), with v_u the DiT on the target alone (fp64, tight)."""
+    dit = perturbed_dit(dtype=torch.float64)
+    context, context_valid, target_valid = context_batch()
+    ours = sample.sample_flow(dit, context, context_valid, target_valid, steps=6, cfg_scale=3.0,
+                              generator=torch.Generator().manual_seed(7), net_dtype=torch.float64)
+    manual = manual_euler(dit, context, context_valid, target_valid, 6, torch.Generator().manual_seed(7),
+                          scale=3.0, net_dtype=torch.float64)
+    assert torch.allclose(ours, manual, atol=1e-8)
+
+
+def test_many_euler_steps_agree_with_heun():
+    dit = perturbed_dit(dtype=torch.float64, scale=0.1)
+    with torch.no_grad():   # randomised weights make v oscillate in t (features up to 1000 t): keep it smooth
+        half = dit.t_embedder.frequency_dim // 2
+        freqs = 1000 * torch.exp(-math.log(10000) * torch.arange(half) / half)
+        dit.t_embedder.mlp[0].weight[:, torch.cat([freqs, freqs]) > 4] = 0
+    context, context_valid, target_valid = context_batch(B=2)
+    run = lambda steps, solver: sample.sample_flow(
+        dit, context, context_valid, target_valid, steps=steps, solver=solver, cfg_scale=1.0,
+        generator=torch.Generator().manual_seed(3), net_dtype=torch.float64)
+    heun = run(40, 'heun')
+    err = lambda a: (a - heun).abs().max().item()
+    assert err(run(400, 'euler')) < 5e-3
+    assert err(run(3, 'euler')) > 4 * err(run(400, 'euler'))   # the field is curved enough to tell
+    assert (run(80, 'heun') - heun).abs().max() < err(run(400, 'euler'))   # Heun is 2nd order
+
+
+def test_time_grids():
+    for steps in (1, 2, 7, 50):
+        for kind in ('uniform', 'logit_normal'):
+            g = sample.make_time_grid(steps, kind, std=1.5)
+            assert g.dtype == torch.float64 and g.shape == (steps + 1,)
+            assert g[0] == 0 and g[-1] == 1 and (g[1:] > g[:-1]).all()
+    g = sample.make_time_grid(10, 'logit_normal', std=1.5)
+    assert torch.allclose(g + g.flip(0), torch.ones(11, dtype=torch.float64))   # symmetric around 0.5
+    assert g[5] == 0.5
+    # the inner points are the quantiles i/steps of sigmoid(N(0, std^2)), the training distribution
+    normal = torch.distributions.Normal(0.0, 1.5)
+    assert torch.allclose(normal.cdf(torch.logit(g[1:-1]).float()), torch.arange(1, 10) / 10, atol=1e-5)
+    assert torch.allclose(sample.make_time_grid(4), torch.tensor([0, 0.25, 0.5, 0.75, 1], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        sample.make_time_grid(4, 'cosine')
+
+
+# -----------------------------------------------------------------------------
+# train_dit.py's pieces (its functions live in a script with top-level code)
+
+def test_pack_puts_context_then_target():
+    pack = script_function('train_dit.py', 'pack', {'torch': torch})
+    B, W, D = 4, 6, 2
+    context = torch.arange(B * W * D, dtype=torch.float32).view(B, W, D)
+    target = -1 - torch.arange(B * W * D, dtype=torch.float32).view(B, W, D)
+    cut = torch.tensor([0, 2, 5, 6])
+    packed, is_target = pack(context, target, cut)
+    assert packed.shape == (B, W, D)
+    for b, c in enumerate(cut.tolist()):
+        assert torch.equal(packed[b], torch.cat([context[b, :c], target[b, :W - c]]))
+        assert is_target[b].tolist() == [i >= c for i in range(W)]
+
+
+def test_training_timesteps_follow_the_logit_normal():
+    ns = {'torch': torch, 'timestep_sampling': 'logit_normal', 'logit_normal_std': 1.5}
+    sample_timesteps = script_function('train_dit.py', 'sample_timesteps', ns)
+    torch.manual_seed(0)
+    t = sample_timesteps(20000, 'cpu')
+    assert ((t > 0) & (t < 1)).all()
+    assert abs(torch.logit(t.double()).std().item() - 1.5) < 0.05
+    ns['timestep_sampling'] = 'uniform'
+    u = sample_timesteps(20000, 'cpu')
+    assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.std().item() - 12 ** -0.5) < 0.01
+
+
+# -----------------------------------------------------------------------------
+# The tiny end-to-end pipeline on the embedded corpus, built once
+
+TINY = ['config/tiny.py', '--block_size=32', '--batch_size=4', '--eval_iters=2', '--log_interval=3']
+PROMPT = 'Mia was a clever girl who had 2 coins.'
+
+
+@pytest.fixture(scope='module')
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp('dit_pipeline')
+    data_dir = write_data_dir(str(root / 'data'), n_stories=200)
+    out_dir = str(root / 'out')
+    common_args = TINY + [f'--data_dir={data_dir}', f'--out_dir={out_dir}', '--max_iters=6', '--eval_interval=3']
+    run_script('train_gpt.py', *common_args)
+    assert os.path.isfile(os.path.join(out_dir, 'gpt_hf', 'config.json'))
+    vae = run_script('train_vae.py', *common_args)   # REPA on: the teacher is out_dir/gpt_hf; compact vocab
+    assert 'REPA teacher' in vae.stdout and 'val_repa' in vae.stdout
+    run_script('train_dit.py', *common_args)
+    return dict(root=root, data_dir=data_dir, out_dir=out_dir)
+
+
+def run_sample(p, *args, check=True):
+    return run_script('sample.py', 'config/tiny.py', f"--out_dir={p['out_dir']}", f"--data_dir={p['data_dir']}",
+                      '--num_samples=2', '--max_new_tokens=8', '--steps=4', *args, check=check)
+
+
+def sample_records(p, name, *args):
+    path = str(p['root'] / f'{name}.jsonl')
+    result = run_sample(p, f'--out={path}', *args)
+    with open(path) as f:
+        records = [json.loads(line) for line in f]
+    return records, result
+
+
+def test_end_to_end_train_and_sample(pipeline):
+    p = pipeline
+    for stage, key in (('gpt', 'val_loss'), ('vae', 'val_recon_acc'), ('dit', 'val_loss')):
+        metrics = read_metrics(os.path.join(p['out_dir'], f'{stage}_metrics.jsonl'))
+        assert metrics[-1]['iter'] == 6 and math.isfinite(metrics[-1][key])
+    dit_ckpt = load_ckpt(os.path.join(p['out_dir'], 'dit.pt'))
+    assert dit_ckpt['model_args']['vocab_ids'] is not None   # the VAE's compact vocabulary travels along
+
+    first, result = sample_records(p, 'seed1a', f'--prompt={PROMPT}', '--seed=1')
+    assert len(first) == 2 and PROMPT in result.stdout
+    for r in first:
+        assert r['prompt'] == PROMPT and isinstance(r['continuation'], str) and r['model'] == 'textldm'
+        assert '<|endoftext|>' not in r['continuation']
+    again, _ = sample_records(p, 'seed1b', f'--prompt={PROMPT}', '--seed=1')
+    assert again == first                                        # same seed, same text
+    other, _ = sample_records(p, 'seed2', f'--prompt={PROMPT}', '--seed=2')
+    assert [r['continuation'] for r in other] != [r['continuation'] for r in first]
+
+    gpt, _ = sample_records(p, 'gpt', '--model=gpt', f'--prompt={PROMPT}', '--top_k=20')
+    assert len(gpt) == 2 and all(r['model'] == 'gpt' and r['prompt'] == PROMPT for r in gpt)
+
+    uncond, _ = sample_records(p, 'uncond', '--prompt=', '--solver=heun', '--time_grid=logit_normal')
+    assert len(uncond) == 2 and all(r['prompt'] == '' for r in uncond)
+
+
+def test_resume_is_exact_including_ema(pipeline):
+    p = pipeline
+    args = TINY + [f"--data_dir={p['data_dir']}", f"--vae_path={p['out_dir']}/vae.pt", '--eval_interval=10',
+                   '--ema_decay=0.9']
+    straight, stopped = str(p['root'] / 'dit_straight'), str(p['root'] / 'dit_resumed')
+    run_script('train_dit.py', *args, f'--out_dir={straight}', '--max_iters=20')
+    run_script('train_dit.py', *args, f'--out_dir={stopped}', '--max_iters=10')
+    resumed = run_script('train_dit.py', *args, f'--out_dir={stopped}', '--max_iters=20', '--init_from=resume')
+    assert 'resumed' in resumed.stdout
+    a, b = (read_metrics(os.path.join(d, 'dit_metrics.jsonl')) for d in (straight, stopped))
+    assert a[-1]['iter'] == 20 and a == b
+    ca, cb = (load_ckpt(os.path.join(d, 'dit.pt')) for d in (straight, stopped))
+    assert ca['iter_num'] == cb['iter_num'] == 20
+    for key in ('model', 'ema'):
+        assert ca[key].keys() == cb[key].keys()
+        assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key])
+    # the EMA is a separate average, not a copy of the weights
+    assert any(not torch.equal(ca['ema'][k], ca['model']['dit.' + k]) for k in ca['ema'])
+
+
+# -----------------------------------------------------------------------------
+# Clear errors. Errors raised before any work are checked in this process (the scripts raise
+# SystemExit with a message: exit status 1, no traceback), one of them also as a subprocess.
+
+def script_error(monkeypatch, script, *argv):
+    """Run a stage script in this process with fresh defaults; return the SystemExit message."""
+    monkeypatch.setattr(sys, 'argv', [script, *argv])
+    with pytest.raises(SystemExit) as excinfo:
+        if script == 'sample.py':
+            importlib.reload(sample).main()
+        else:
+            runpy.run_path(os.path.join(ROOT, script), run_name='__main__')
+    message = excinfo.value.code
+    assert isinstance(message, str) and message, f"{script} should exit with a message, got {message!r}"
+    return message
+
+
+def sample_error(monkeypatch, p, *argv):
+    return script_error(monkeypatch, 'sample.py', 'config/tiny.py', f"--out_dir={p['out_dir']}",
+                        f"--data_dir={p['data_dir']}", '--num_samples=2', '--max_new_tokens=8', '--steps=4', *argv)
+
+
+def test_dit_paired_with_vae_of_another_latent_size(pipeline, monkeypatch):
+    p = pipeline
+    other = str(p['root'] / 'vae16')
+    run_script('train_vae.py', *TINY, f"--data_dir={p['data_dir']}", f'--out_dir={other}', '--latent_dim=16',
+               '--repa_teacher=None', '--max_iters=1')
+    # sampling: a 64-channel DiT whose checkpoint names the 16-channel VAE
+    ckpt = load_ckpt(os.path.join(p['out_dir'], 'dit.pt'))
+    assert ckpt['model_args']['latent_dim'] == 64
+    ckpt['model_args']['vae_path'] = os.path.join(other, 'vae.pt')
+    torch.save(ckpt, os.path.join(other, 'dit.pt'))
+    message = sample_error(monkeypatch, p, f"--dit_path={other}/dit.pt", f'--prompt={PROMPT}')
+    assert '64-channel' in message and '16' in message
+    # training: resuming the 64-channel DiT on the 16-channel VAE
+    shutil.copy(os.path.join(p['out_dir'], 'dit.pt'), os.path.join(other, 'dit.pt'))
+    message = script_error(monkeypatch, 'train_dit.py', *TINY, f"--data_dir={p['data_dir']}", f'--out_dir={other}',
+                           '--init_from=resume', '--max_iters=8')
+    assert '64' in message and '16' in message
+
+
+def test_missing_vae(pipeline, monkeypatch):
+    p = pipeline
+    missing = str(p['root'] / 'nonexistent' / 'vae.pt')
+    message = script_error(monkeypatch, 'train_dit.py', *TINY, f"--data_dir={p['data_dir']}",
+                           f"--out_dir={p['root'] / 'nv'}", f'--vae_path={missing}', '--max_iters=2')
+    assert missing in message and 'not found' in message
+    assert not os.path.exists(p['root'] / 'nv' / 'dit.pt')
+    # a DiT whose VAE has gone
+    ckpt = load_ckpt(os.path.join(p['out_dir'], 'dit.pt'))
+    ckpt['model_args']['vae_path'] = missing
+    torch.save(ckpt, str(p['root'] / 'orphan_dit.pt'))
+    message = sample_error(monkeypatch, p, f"--dit_path={p['root'] / 'orphan_dit.pt'}")
+    assert missing in message and 'not found' in message
+
+
+@pytest.mark.parametrize('model', ['textldm', 'gpt'])
+def test_prompt_longer_than_context(pipeline, monkeypatch, model):
+    long_prompt = ' '.join([PROMPT] * 6)   # ~60 tokens; the models hold 32
+    message = sample_error(monkeypatch, pipeline, f'--model={model}', f'--prompt={long_prompt}')
+    assert 'exceeds' in message and 'context of 32 tokens' in message
+
+
+@pytest.mark.parametrize('arg, key', [('--solver=rk4', 'solver'), ('--model=bert', 'model'),
+                                      ('--time_grid=cosine', 'time_grid'), ('--ode_dtype=float16x', 'ode_dtype')])
+def test_bad_sampler_options(pipeline, monkeypatch, arg, key):
+    message = sample_error(monkeypatch, pipeline, arg, '--prompt=')
+    assert message.startswith('config error') and key in message
+
+
+def test_bad_option_exits_nonzero_without_traceback(pipeline):
+    result = run_sample(pipeline, '--solver=rk4', check=False)
+    assert result.returncode != 0
+    assert 'Traceback' not in result.stderr and "config error: solver='rk4'" in result.stderr

@@ -1,0 +1,494 @@
+"""
+Evaluate TextLDM, the GPT baseline and any transformers causal LM with the same code.
+
+    python eval.py config/tiny.py                            # TextLDM of out_dir
+    python eval.py config/tiny.py --model=textldm,gpt,noREPA=textldm:out/x/dit.pt
+    python eval.py config/owt.py --model=hf:gpt2-large --eval_set=wikisource
+
+Continuation (the paper's protocol): `num_docs` documents from `eval_set`, drawn in a seeded
+order, tokenized with GPT-2's BPE and truncated to `max_doc_tokens` (0: the smallest context of
+the models in the run, so all see the same documents), are cut at a token drawn uniformly from
+those between 40% and 60% of the length. Each model continues the prompt by as many GPT-2
+tokens as the true remainder has (a model with another tokenizer samples as many of its own and
+is cut to that) and is scored against the remainder: ROUGE-1/2/L F1, BERTScore F1 (no IDF, no
+rescaling), MAUVE (remainders against continuations), on the embedded corpus its checker.
+Unconditional: `num_uncond` samples of `uncond_length` tokens, each continuing a lone
+<|endoftext|> (a document from its start: what GPT-2 does from nothing, and for TextLDM, whose
+windows start anywhere, the same start), scored by generative perplexity under the `judge` LM,
+always with the unigram entropy. The 'data' row scores real documents cut to that length, and
+the true remainders: the reference.
+
+End-of-text policy, the same for every model: a model generates the requested number of tokens
+and its text is cut at the first <|endoftext|>. A sample cut there has *ended*: the judge scores
+its tokens and the <|endoftext|> that ends it, after the <|endoftext|> that starts every
+document; a sample that ran to full length is scored without one. So an empty sample costs
+-log p(<|endoftext|> | <|endoftext|>) in gen-PPL, has entropy 0, ROUGE and BERTScore 0, and MAUVE
+featurises it as an end-of-text token: no sample is ever dropped from an average.
+"""
+import json
+import math
+import os
+import time
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import common
+import corpus
+import sample
+
+# -----------------------------------------------------------------------------
+# defaults (a config file and --key=value override them; `eval_key` in a config file is ours alone)
+out_dir = 'out/tiny'
+data_dir = 'data/tiny'     # its val.bin measures the VAE's reconstruction
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
+compile = False            # unused: evaluation runs eagerly
+seed = 1337                # documents, cut points and sampling
+model = 'textldm'          # rows, comma-separated: textldm[:PATH/dit.pt], gpt[:PATH/gpt.pt], hf:NAME_OR_FOLDER;
+                           # 'LABEL=...' names a row. In a config file shared by all stages: eval_model
+dit_path = '{out_dir}/dit.pt'
+gpt_path = '{out_dir}/gpt.pt'
+eval_set = 'synthetic'     # 'synthetic', 'file:PATHS' (what prepare.py's `input` takes) or one of HUB_SETS
+heldout_seed = 20260507    # the stories of eval_set='synthetic' (prepare.py trains on synthetic_seed=0)
+text_delimiter = ''        # file: .txt, a line equal to this separates documents ('' = one per file)
+num_docs = 1000
+max_doc_tokens = 0         # 0 = the smallest context of the models evaluated
+min_doc_tokens = 8         # shorter documents are skipped (at least 4, for a 40-60% cut to exist)
+num_uncond = 1000
+uncond_length = 0          # 0 = the smallest context of the models evaluated, minus one
+batch_size = 32
+rouge = True               # each metric can be switched off
+bertscore = True
+bertscore_model = 'roberta-large'  # hub name or local folder
+bertscore_layers = 0       # 0 = bert-score's choice for a model it knows, else the last layer
+mauve = True
+mauve_featurizer = 'gpt2-large'    # hub name or local folder, any transformers encoder or decoder
+mauve_min_samples = 100    # MAUVE quantises N samples into N/10 clusters: fewer is noise, skipped
+gen_ppl = True
+judge = 'gpt2-large'       # a transformers causal LM; our exports (out_dir/gpt_hf, compact or not) work
+recon = True               # VAE reconstruction accuracy on data_dir's val.bin
+recon_batches = 10
+steps = 50                 # sampling, as in sample.py
+steps_per_block = 16       # a Cola DiT (latent_block > 0): ODE steps per block
+solver = 'euler'
+cfg_scale = 7.0
+guidance_min_t = 0.0
+guidance_max_t = 1.0
+time_grid = 'uniform'
+logit_normal_std = 1.5
+ode_dtype = 'float64'
+temperature = 1.0          # autoregressive models: plain ancestral sampling by default
+top_k = 0
+top_p = 1.0
+# -----------------------------------------------------------------------------
+
+# The paper's four sets on the Hugging Face hub: (dataset repo, revision, file prefix, column).
+# The first parquet shard under the prefix is read (a few hundred MB at most) and drawn from.
+HUB_SETS = {
+    'wikisource': ('wikimedia/wikisource', 'main', '20231201.en/', 'text'),
+    'wikipedia': ('wikimedia/wikipedia', 'main', '20231101.en/', 'text'),
+    'tinystories': ('roneneldan/TinyStories', 'main', 'data/validation', 'text'),
+    'lm1b': ('billion-word-benchmark/lm1b', 'refs/convert/parquet', 'plain_text/test/', 'text'),
+}
+
+
+# -----------------------------------------------------------------------------
+# Documents, the 40-60% cut, the end-of-text policy
+
+def hub_documents(name):
+    from huggingface_hub import HfApi, hf_hub_download
+    repo, revision, prefix, column = HUB_SETS[name]
+    try:
+        files = sorted(f for f in HfApi().list_repo_files(repo, repo_type='dataset', revision=revision)
+                       if f.startswith(prefix) and f.endswith('.parquet'))
+        path = hf_hub_download(repo, files[0], repo_type='dataset', revision=revision)
+    except Exception as e:  # offline, moved repo: say which set and where it was looked for
+        raise SystemExit(f"eval_set={name!r}: cannot fetch {repo}@{revision}/{prefix}*.parquet: {e}")
+    import pandas  # reading parquet needs pyarrow (`pip install pyarrow`)
+    return pandas.read_parquet(path, columns=[column])[column].tolist()
+
+
+def load_documents(spec):
+    if spec == 'synthetic':
+        return list(corpus.generate_stories(num_docs, heldout_seed))
+    if spec.startswith('file:'):
+        import prepare  # its reader: .txt, .jsonl, .jsonl.zst, .tar, globs and folders
+        return list(prepare.Reader(text_delimiter, max_bad_lines=0).files(prepare.input_files(spec[5:])))
+    return hub_documents(spec)
+
+
+def select_documents(texts, n, min_tokens, seed):
+    """Up to n documents as GPT-2 ids, visited in a seeded random order, skipping short ones."""
+    docs = []
+    for i in np.random.default_rng(seed).permutation(len(texts)):
+        ids = common.encode(texts[i])
+        docs += [ids] if len(ids) >= min_tokens else []
+        if len(docs) == n:
+            break
+    return docs
+
+
+def cut_points(lengths, seed):
+    """The prompt length of each document: uniform over ceil(0.4 n) .. floor(0.6 n) (integers)."""
+    rng = np.random.default_rng([seed, 1])
+    return [int(rng.integers((2 * n + 4) // 5, 3 * n // 5 + 1)) for n in lengths]
+
+
+def end_of_text(ids, eot):
+    """(tokens before the first eot, whether there was one)."""
+    ids = list(ids)
+    return (ids[:ids.index(eot)], True) if eot in ids else (ids, False)
+
+
+# -----------------------------------------------------------------------------
+# The models: a dict of label, context (most prompt + continuation tokens), space (the VAE or
+# None) and generate(prompts as GPT-2 ids, lengths, torch generator) -> [(GPT-2 ids, ended)]
+
+def progress(label, done, total, t0, step=1):
+    if (10 * done) // total != (10 * (done - step)) // total:  # every 10%
+        print(f"  {label}: {done}/{total} in {time.time() - t0:.0f}s", flush=True)
+
+
+def batches_within(prompts, lengths, context):
+    """Batches of indices, by prompt length, whose longest prompt + longest continuation fit the
+    context: TextLDM packs a batch as [prompts, padded | targets, padded] into one sequence."""
+    out = []
+    for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
+        group = out[-1] + [i] if out else [i]
+        fits = max(len(prompts[j]) for j in group) + max(lengths[j] for j in group) <= context
+        if out and len(group) <= batch_size and fits:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def textldm_candidate(label, path):
+    dit, space = sample.load_textldm(path, device)
+    flow = dict(steps=steps, solver=solver, cfg_scale=cfg_scale, grid=time_grid, std=logit_normal_std,
+                guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype))
+    context = min(dit.config.block_size, space.block_size)
+    if getattr(dit.config, 'latent_block', 0):  # a Cola DiT: block by block, until every row ends
+        run, flow = sample.cola_continue, dict(flow, steps=steps_per_block)
+    else:
+        run = sample.textldm_continue
+
+    def generate(prompts, lengths, generator):
+        out, t0 = [None] * len(prompts), time.time()
+        for batch in batches_within(prompts, lengths, context):
+            rows = [space.vocab.from_gpt2(prompts[i]).tolist() for i in batch]
+            ids = run(dit, space, rows, [lengths[i] for i in batch], generator=generator, **flow)
+            for i, row in zip(batch, ids):
+                out[i] = (space.vocab.to_gpt2(row).tolist(), len(row) < lengths[i])
+            progress(label, len(out) - out.count(None), len(out), t0, step=len(batch))
+        return out
+    return dict(label=label, context=context, space=space, generate=generate)
+
+
+def by_prompt_length(label, continue_batch):
+    """generate() of an autoregressive model: prompts of one length go in one batch, which samples
+    as many tokens as its longest continuation; each row is cut to its own length, then at the
+    first <|endoftext|>. continue_batch(prompts, n, generator) -> (rows of n new ids, eot)."""
+    def generate(prompts, lengths, generator):
+        out, t0 = [None] * len(prompts), time.time()
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        groups = [[i for i in order if len(prompts[i]) == n] for n in sorted({len(p) for p in prompts})]
+        for group in groups:
+            for batch in (group[k:k + batch_size] for k in range(0, len(group), batch_size)):
+                rows, eot = continue_batch([prompts[i] for i in batch], max(lengths[i] for i in batch), generator)
+                for i, row in zip(batch, rows):
+                    out[i] = end_of_text(row[:lengths[i]], eot)
+                progress(label, len(out) - out.count(None), len(out), t0, step=len(batch))
+        return out
+    return generate
+
+
+def gpt_candidate(label, path):
+    gpt, vocab, _ = common.load_model(path, 'gpt')
+    gpt.to(device)
+
+    def continue_batch(prompts, n, generator):  # an empty prompt starts after <|endoftext|>
+        idx = torch.tensor([vocab.from_gpt2(p).tolist() or [vocab.eot] for p in prompts], device=device)
+        rows = gpt.generate(idx, n, temperature=temperature, top_k=top_k or None,
+                            top_p=top_p if top_p < 1 else None, generator=generator)[:, idx.shape[1]:]
+        return [vocab.to_gpt2(r).tolist() for r in rows.cpu()], vocab.to_gpt2([vocab.eot])[0]
+    return dict(label=label, context=gpt.config.block_size, space=None, generate=by_prompt_length(label, continue_batch))
+
+
+class HFModel:
+    """A transformers causal LM and how text maps to its ids: a compact vocabulary of ours
+    (config.json `textldm_vocab_ids`, the GPT-2 id of each row) or its own tokenizer."""
+
+    def __init__(self, name, what):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(name).eval().to(device)
+            compact = getattr(self.model.config, 'textldm_vocab_ids', None)
+            self.vocab = common.Vocab(compact) if compact is not None else None
+            self.tokenizer = None if self.vocab else AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"cannot load the {what} '{name}' as a transformers causal LM: {e}")
+        self.eot = int(self.vocab.eot if self.vocab else self.tokenizer.eos_token_id)
+        self.bos = self.eot if self.vocab or self.tokenizer.bos_token_id is None else self.tokenizer.bos_token_id
+        cfg = self.model.config
+        self.context = getattr(cfg, 'n_positions', None) or getattr(cfg, 'max_position_embeddings', None) or 1024
+
+    def from_gpt2(self, ids):
+        if self.vocab:
+            return self.vocab.from_gpt2(ids).tolist()
+        return self.tokenizer(common.decode(ids), add_special_tokens=False)['input_ids']
+
+    def to_gpt2(self, ids):
+        return self.vocab.to_gpt2(ids).tolist() if self.vocab else common.encode(self.tokenizer.decode(ids))
+
+    def judged(self, ids, ended):
+        """What the judge scores of a sample (GPT-2 ids): <|endoftext|>, its text re-tokenized
+        and <|endoftext|> if it ended. A compact vocabulary lacks the tokens its corpus never had;
+        if the text re-tokenizes into one, the tokens as generated are scored instead."""
+        text = common.decode(ids)
+        if self.vocab is None:
+            tokens = self.tokenizer(text, add_special_tokens=False)['input_ids']
+        else:
+            mapped = self.vocab.lookup[common.encode(text)]
+            tokens = (mapped if (mapped >= 0).all() else self.vocab.from_gpt2(ids)).tolist()
+        return ([self.bos] + tokens + [self.eot] * ended)[:self.context]
+
+
+def hf_candidate(label, name):
+    lm = HFModel(name, 'model')
+
+    @torch.no_grad()
+    def continue_batch(prompts, n, generator):  # generate() draws from torch's RNG, seeded per model
+        rows = [lm.from_gpt2(p) if p and p != [common.EOT] else [lm.bos] for p in prompts]  # left-padded:
+        width = max(map(len, rows))  # another tokenizer may give the prompts different lengths
+        x = torch.tensor([[lm.eot] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0 else {}
+        y = lm.model.generate(x, attention_mask=mask, max_new_tokens=n, eos_token_id=lm.eot, pad_token_id=lm.eot,
+                              **(sampling or dict(do_sample=False)))[:, width:].tolist()
+        # in GPT-2 ids, with <|endoftext|> kept where the model ended, for the caller's cut
+        return [lm.to_gpt2(end_of_text(r, lm.eot)[0]) + [common.EOT] * (lm.eot in r) for r in y], common.EOT
+    return dict(label=label, context=lm.context, space=None, generate=by_prompt_length(label, continue_batch))
+
+
+def load_candidate(spec):
+    """'[LABEL=]textldm[:PATH] | gpt[:PATH] | hf:NAME' -> a model dict (see above)."""
+    label, _, rest = spec.partition('=') if '=' in spec.split(':')[0] else ('', '', spec)
+    kind, _, path = rest.partition(':')
+    if kind in ('textldm', 'gpt') or (kind == 'hf' and path):
+        make = dict(textldm=textldm_candidate, gpt=gpt_candidate, hf=hf_candidate)[kind]
+        return make(label or rest, path or dict(textldm=dit_path, gpt=gpt_path)[kind])
+    raise common.ConfigError(f"model: {spec!r} is not textldm[:PATH], gpt[:PATH] or hf:NAME_OR_FOLDER")
+
+
+# -----------------------------------------------------------------------------
+# Metrics: small functions over lists of texts, in [0, 1] unless said
+
+def rouge_f1(candidates, references):
+    """Mean ROUGE-1/2/L F1 (rouge-score's tokenizer, Porter stemming)."""
+    from rouge_score import rouge_scorer
+    scorer = rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeL'], use_stemmer=True)
+    scores = [scorer.score(ref, cand) for cand, ref in zip(candidates, references)]
+    return {k: float(np.mean([s[k].fmeasure for s in scores])) for k in ('rouge1', 'rouge2', 'rougeL')}
+
+
+@lru_cache(maxsize=None)
+def bert_scorer(name, layers):
+    import bert_score
+    if not layers and name not in bert_score.utils.model2layers:
+        from transformers import AutoConfig
+        layers = AutoConfig.from_pretrained(name).num_hidden_layers
+    return bert_score.BERTScorer(model_type=name, num_layers=layers or None, device=device, batch_size=batch_size)
+
+
+def bertscore_f1(candidates, references, name, layers=0):
+    """Mean BERTScore F1. A pair with an empty side scores 0: bert-score's own rule, applied here
+    because its path for empty strings fails under transformers 5."""
+    keep = [i for i, (c, r) in enumerate(zip(candidates, references)) if c.strip() and r.strip()]
+    f1 = np.zeros(len(candidates))
+    if keep:
+        f1[keep] = bert_scorer(name, layers).score([candidates[i] for i in keep], [references[i] for i in keep])[2].numpy()
+    return float(f1.mean())
+
+
+@lru_cache(maxsize=None)
+def featurizer(name):
+    from transformers import AutoModel, AutoTokenizer
+    return AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name).eval().to(device)
+
+
+@torch.no_grad()
+def mauve_features(texts, name, max_len=1024):
+    """mauve-text's featurisation, done here so local folders work and empty texts stay (as the
+    end-of-text token): the last layer's hidden state at each text's last token."""
+    tokenizer, net = featurizer(name)
+    max_len = min(max_len, getattr(net.config, 'max_position_embeddings', None) or max_len)
+    fallback = next(t for t in (tokenizer.eos_token_id, tokenizer.sep_token_id, 0) if t is not None)
+    rows = [tokenizer(t, truncation=True, max_length=max_len)['input_ids'] or [fallback] for t in texts]
+    features = []
+    for i in range(0, len(rows), batch_size):
+        ids, valid = sample.pad_rows(rows[i:i + batch_size], 0, device)
+        hidden = net(input_ids=ids, attention_mask=valid.long()).last_hidden_state
+        features.append(hidden[torch.arange(len(ids)), valid.sum(1) - 1].float().cpu())
+    return torch.cat(features).numpy()
+
+
+def mauve_score(p_texts, q_texts, name, num_buckets='auto', seed=25):
+    """MAUVE of p (human) against q (model) with mauve-text's quantisation and divergence curve."""
+    import mauve as mauve_text
+    return float(mauve_text.compute_mauve(p_features=mauve_features(p_texts, name), q_features=mauve_features(q_texts, name),
+                                          num_buckets=num_buckets, seed=seed, device_id=-1, verbose=False).mauve)
+
+
+def unigram_entropy(ids):
+    """Entropy in nats of one sample's empirical token distribution (0 for an empty sample)."""
+    if len(ids) == 0:
+        return 0.0
+    p = np.unique(np.asarray(ids), return_counts=True)[1] / len(ids)
+    return float(-(p * np.log(p)).sum())
+
+
+@torch.no_grad()
+def judge_nll(lm, sequences):
+    """Summed negative log-likelihood (nats) of every token after the first, and their count."""
+    total, count = 0.0, 0
+    for i in range(0, len(sequences), batch_size):
+        ids, valid = sample.pad_rows(sequences[i:i + batch_size], 0, device)
+        logits = lm(input_ids=ids, attention_mask=valid.long()).logits.float()
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction='none')
+        total, count = total + nll[valid[:, 1:]].sum().item(), count + valid[:, 1:].sum().item()
+    return total, count
+
+
+def unconditional_metrics(samples, judge_lm):
+    """[(GPT-2 ids, ended)] -> gen-PPL (exp of the NLL per scored token, pooled over samples; not
+    in [0, 1]), mean unigram entropy of the texts' GPT-2 tokens, mean length, share of empties."""
+    ids = [common.encode(common.decode(sample_ids)) for sample_ids, _ in samples]
+    m = dict(entropy=float(np.mean([unigram_entropy(i) for i in ids])), uncond_tokens=float(np.mean([len(i) for i in ids])),
+             uncond_empty=float(np.mean([len(i) == 0 for i in ids])))
+    if judge_lm is not None:
+        total, count = judge_nll(judge_lm.model, [judge_lm.judged(i, ended) for i, ended in samples])
+        m['gen_ppl'] = math.exp(total / max(count, 1))
+    return m
+
+
+def checker_rates(prompts, continuations):
+    checked = corpus.check_many(list(zip(prompts, continuations)))
+    return {f'check_{k}': checked[k] for k in ('grammar', 'consistency', 'score', 'perfect')}
+
+
+def continuation_metrics(continuations, references, prompts):
+    m = dict(empty=float(np.mean([not c.strip() for c in continuations])))
+    m.update(rouge_f1(continuations, references) if rouge else {})
+    if bertscore:
+        m['bertscore'] = bertscore_f1(continuations, references, bertscore_model, bertscore_layers)
+    if mauve and len(references) < mauve_min_samples:
+        print(f"  MAUVE skipped: {len(references)} documents < mauve_min_samples={mauve_min_samples}")
+    elif mauve:
+        m['mauve'] = mauve_score(references, continuations, mauve_featurizer, seed=seed)
+    return dict(m, **checker_rates(prompts, continuations)) if eval_set == 'synthetic' else m
+
+
+@torch.no_grad()
+def recon_accuracy(space, data, batches, rng):
+    """Share of the tokens of full val windows that decode(encode(x)) gives back (posterior means)."""
+    correct = total = 0
+    for _ in range(batches):
+        idx = torch.from_numpy(data.windows('val', batch_size, space.block_size, rng)).to(device)
+        correct, total = correct + (space.decode(space.encode(idx)) == idx).sum().item(), total + idx.numel()
+    return correct / total
+
+
+COLUMNS = [('rouge1', 'R-1', 100), ('rouge2', 'R-2', 100), ('rougeL', 'R-L', 100), ('bertscore', 'BERTScore', 100),
+           ('mauve', 'MAUVE', 100), ('check_grammar', 'grammar %', 100), ('check_consistency', 'consistent %', 100),
+           ('check_score', 'check score %', 100), ('gen_ppl', 'gen-PPL', 1), ('entropy', 'entropy', 1),
+           ('uncond_empty', 'empty %', 100), ('vae_recon_acc', 'VAE recon %', 100)]
+
+
+def markdown_table(rows):
+    """{label: metrics} -> a markdown table of the columns some row has ('-' where missing)."""
+    cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows.values())]
+    cell = lambda v, scale: '-' if v is None else f"{v * scale:.1f}" if scale == 100 else f"{v:.2f}"
+    lines = ['| model | ' + ' | '.join(c[1] for c in cols) + ' |', '|---' * (len(cols) + 1) + '|']
+    lines += [f"| {label} | " + ' | '.join(cell(r.get(k), s) for k, _, s in cols) + ' |' for label, r in rows.items()]
+    return '\n'.join(lines)
+
+
+# -----------------------------------------------------------------------------
+def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_lm):
+    """One model's row and sample records."""
+    label, t0 = cand['label'], time.time()
+    print(f"{label}: continuing {len(prompts)} prompts, then {num_uncond} unconditional samples", flush=True)
+    generator = torch.Generator(device).manual_seed(seed)
+    torch.manual_seed(seed)  # every model draws from the same seeds, whatever ran before it
+    with common.autocast('cuda' if device.startswith('cuda') else 'cpu', dtype):
+        continuations = [common.decode(ids) for ids, _ in cand['generate'](prompts, [len(r) for r in remainders], generator)]
+        uncond = cand['generate']([[common.EOT]] * num_uncond, [length] * num_uncond, generator) if num_uncond else []
+    print(f"{label}: scoring", flush=True)
+    row = continuation_metrics(continuations, references, prompt_texts)
+    row.update(unconditional_metrics(uncond, judge_lm) if uncond else {})
+    if cand['space'] is not None and recon and os.path.isfile(os.path.join(data_dir, 'meta.json')):
+        data = common.TokenData(data_dir, vocab=cand['space'].vocab)
+        row['vae_recon_acc'] = recon_accuracy(cand['space'], data, recon_batches, np.random.default_rng([seed, 2]))
+    records = [dict(model=label, kind='continuation', doc=i, prompt=p, reference=r, continuation=c)
+               for i, (p, r, c) in enumerate(zip(prompt_texts, references, continuations))]
+    records += [dict(model=label, kind='unconditional', sample=i, text=common.decode(ids), ended=ended)
+                for i, (ids, ended) in enumerate(uncond)]
+    return dict(row, seconds=time.time() - t0), records
+
+
+def main():
+    config = common.configure(globals(), 'eval')
+    common.check_precision(device, dtype)
+    if solver not in ('euler', 'heun'):
+        raise common.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")
+    if not (eval_set in ('synthetic', *HUB_SETS) or eval_set.startswith('file:')):
+        raise common.ConfigError(f"eval_set={eval_set!r}: 'synthetic', 'file:PATHS' or one of {', '.join(HUB_SETS)}")
+    if min_doc_tokens < 4 or num_docs < 1 or num_uncond < 0:
+        raise common.ConfigError("min_doc_tokens must be >= 4, num_docs >= 1 and num_uncond >= 0")
+    t_start = time.time()
+    candidates = [load_candidate(s.strip()) for s in model.split(',') if s.strip()]
+    context = min(c['context'] for c in candidates)
+    doc_len, length = max_doc_tokens or context, uncond_length or context - 1
+    if doc_len > context or length >= context:
+        raise common.ConfigError(f"max_doc_tokens={doc_len} must be at most, uncond_length={length} below, "
+                                 f"the smallest context of the models, {context}")
+    judge_lm = HFModel(judge, 'judge') if gen_ppl and num_uncond else None
+    print(f"eval set {eval_set}: loading documents", flush=True)
+    full = select_documents(load_documents(eval_set), num_docs, min_doc_tokens, seed)
+    if not full:
+        raise SystemExit(f"eval_set={eval_set!r} has no document of at least min_doc_tokens={min_doc_tokens} tokens")
+    docs = [d[:doc_len] for d in full]
+    cuts = cut_points([len(d) for d in docs], seed)
+    prompts, remainders = [d[:c] for d, c in zip(docs, cuts)], [d[c:] for d, c in zip(docs, cuts)]
+    prompt_texts, references = [common.decode(p) for p in prompts], [common.decode(r) for r in remainders]
+    print(f"{len(docs)} documents of <= {doc_len} tokens (mean {np.mean([len(d) for d in docs]):.0f}); "
+          f"unconditional samples of {length} tokens", flush=True)
+
+    data_row = checker_rates(prompt_texts, references) if eval_set == 'synthetic' else {}
+    if num_uncond:  # real documents, cut to the samples' length; they 'ended' if they fit whole
+        data_row.update(unconditional_metrics([(d[:length], len(d) <= length) for d in full[:num_uncond]], judge_lm))
+    rows, records = ({'data': data_row} if data_row else {}), []
+    for cand in candidates:
+        rows[cand['label']], cand_records = evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_lm)
+        records += cand_records
+
+    os.makedirs(out_dir, exist_ok=True)
+    result = dict(eval_set=eval_set, num_docs=len(docs), max_doc_tokens=doc_len, uncond_length=length,
+                  num_uncond=num_uncond, judge=judge if judge_lm else None, rows=rows, config=config,
+                  seconds=time.time() - t_start)
+    with open(os.path.join(out_dir, 'eval.json'), 'w') as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out_dir, 'eval_samples.jsonl'), 'w', encoding='utf-8') as f:
+        f.writelines(json.dumps(r) + '\n' for r in records)
+    print(f"\n{eval_set}, {len(docs)} documents, judge {judge if judge_lm else '-'}: "
+          f"{out_dir}/eval.json and eval_samples.jsonl in {time.time() - t_start:.0f}s\n")
+    print(markdown_table(rows))
+    return result
+
+
+if __name__ == '__main__':
+    main()

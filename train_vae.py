@@ -74,6 +74,13 @@ class Teacher:
                              f"(set repa_teacher to a transformers causal LM, or None to train without REPA)")
         self.model.requires_grad_(False).eval().to(device)
         self.layer, self.device = layer, device
+        depth = self.config.num_hidden_layers  # hidden_states: the embeddings, then each layer
+        if not -(depth + 1) <= layer <= depth:
+            raise SystemExit(f"repa_teacher_layer={layer}: the teacher has {depth} layers "
+                             f"(hidden_states indices {-(depth + 1)}..{depth})")
+        if layer in (0, -(depth + 1)):
+            print(f"note: repa_teacher_layer={layer} is the teacher's embedding output, not a "
+                  f"hidden layer: REPA then only aligns with token identities")
         self.hidden_size = self.config.hidden_size
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)

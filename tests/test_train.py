@@ -307,7 +307,9 @@ def test_bad_data_and_teachers(data_dir, vae_run, gpt2_teacher, tmp_path):
              ('vae', args(data_dir, tmp_path / 'o3', *VAE, f'--repa_teacher={tmp_path}/garbage'),
               'cannot load the REPA teacher', tmp_path / 'o3'),
              ('vae', args(data_dir, resumed, *VAE, f'--repa_teacher={gpt2_teacher}', '--init_from=resume',
-                          '--max_iters=6'), 'width', None)]
+                          '--max_iters=6'), 'width', None),
+             ('vae', args(data_dir, tmp_path / 'o4', *VAE, f'--repa_teacher={gpt2_teacher}',
+                          '--repa_teacher_layer=-9'), 'repa_teacher_layer=-9', tmp_path / 'o4')]
     results = run_many([[f'train_{stage}.py', *argv] for stage, argv, _, _ in cases], check=False,
                        env={'HF_HUB_OFFLINE': '1'})
     for (stage, _, message, out_dir), result in zip(cases, results):

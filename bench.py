@@ -298,6 +298,7 @@ def bench_sample(cfg):
             idx = torch.tensor(prompts, device=device)
             with torch.no_grad():
                 gpt_time = timed(lambda: gpt.generate(idx, length, top_k=50, generator=generator), device)
+            print(f"  {length} new tokens x {batch}: TextLDM {textldm:.2f} s, GPT {gpt_time:.2f} s", flush=True)
             rows.append((length, batch, f'{textldm:.3f}', f'{batch * length / textldm:,.0f}',
                          f'{gpt_time:.3f}', f'{batch * length / gpt_time:,.0f}', f'{gpt_time / textldm:.1f}x'))
     print(f"Sampling a continuation after a {cfg['sample_prompt']}-token prompt: TextLDM "

@@ -425,7 +425,7 @@ def evaluate(objective, val_batches, dist_, dtype, seed):
     """Mean of each metric over the fixed validation batches. Torch's RNG is forked and seeded,
     so the noise drawn in evaluation is the same every time and training's stream is untouched."""
     objective.eval()
-    sums = {}
+    sums = {'loss': 0.0}  # every rank sends the same keys, even one with no batches
     with torch.random.fork_rng(devices=[dist_.device] if dist_.device_type == 'cuda' else []):
         torch.manual_seed(seed + dist_.rank)
         for batch in val_batches:

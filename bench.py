@@ -47,6 +47,8 @@ sample_batches = (1, 64)
 sample_prompt = 32         # prompt tokens before each continuation
 sample_steps = 50
 sample_cfg_scale = 7.0
+sample_cola_block = 16     # the block-causal (Cola) DiT: tokens per block (0 = leave it out)
+sample_cola_steps = 16     # Euler steps per block
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -283,30 +285,51 @@ def bench_sample(cfg):
     import sample
     device, longest = cfg['device'], cfg['sample_prompt'] + max(cfg['sample_lengths'])
     net_dtype = torch.bfloat16 if cfg['dtype'] == 'bfloat16' and device.startswith('cuda') else torch.float32
-    vae = model.TextVAE(model.make_config('vae', cfg['vae_size'], block_size=longest)).to(device, net_dtype).eval()
-    dit = model.DiT(model.make_config('dit', cfg['dit_size'], block_size=longest, latent_dim=vae.config.latent_dim))
-    dit = dit.to(device, net_dtype).eval()
-    gpt = model.GPT(model.make_config('gpt', cfg['gpt_size'], block_size=longest)).to(device, net_dtype).eval()
-    space = common.LatentSpace(vae, torch.zeros(vae.config.latent_dim), torch.ones(vae.config.latent_dim), common.Vocab())
+
+    def build(cls, kind, **overrides):
+        config = model.make_config(kind, cfg[f'{kind}_size'], block_size=longest, **overrides)
+        return cls(config).to(device, net_dtype).eval()
+    vae = build(model.TextVAE, 'vae')
+    D, block = vae.config.latent_dim, cfg['sample_cola_block']
+    dit = build(model.DiT, 'dit', latent_dim=D)
+    cola = build(model.DiT, 'dit', latent_dim=D, latent_block=block) if block else None
+    gpt = build(model.GPT, 'gpt')
+    space = common.LatentSpace(vae, torch.zeros(D), torch.ones(D), common.Vocab())
+    flow = dict(cfg_scale=cfg['sample_cfg_scale'], ode_dtype=torch.float32)
     rows, generator = [], torch.Generator(device).manual_seed(cfg['seed'])
     for length in cfg['sample_lengths']:
         for batch in cfg['sample_batches']:
             prompts = [list(range(1000, 1000 + cfg['sample_prompt']))] * batch
-            textldm = timed(lambda: sample.textldm_continue(
-                dit, space, prompts, [length] * batch, generator=generator, steps=cfg['sample_steps'],
-                cfg_scale=cfg['sample_cfg_scale'], ode_dtype=torch.float32), device)
+            textldm = timed(lambda: sample.textldm_continue(dit, space, prompts, [length] * batch, generator=generator,
+                                                            steps=cfg['sample_steps'], **flow), device)
+            seconds = {'TextLDM': textldm}
+            if cola is not None:  # every block to the full length (random weights would stop at any <|endoftext|>)
+                context_ids, context_valid = sample.pad_rows(prompts, 0, device)
+
+                def cola_run():
+                    latents = sample.sample_blocks(cola, space.encode(context_ids, context_valid), context_valid,
+                                                   length, steps=cfg['sample_cola_steps'], generator=generator,
+                                                   net_dtype=net_dtype, **flow)
+                    return space.decode(latents)
+                seconds['Cola'] = timed(cola_run, device)
             idx = torch.tensor(prompts, device=device)
             with torch.no_grad():
-                gpt_time = timed(lambda: gpt.generate(idx, length, top_k=50, generator=generator), device)
-            print(f"  {length} new tokens x {batch}: TextLDM {textldm:.2f} s, GPT {gpt_time:.2f} s", flush=True)
-            rows.append((length, batch, f'{textldm:.3f}', f'{batch * length / textldm:,.0f}',
-                         f'{gpt_time:.3f}', f'{batch * length / gpt_time:,.0f}', f'{gpt_time / textldm:.1f}x'))
+                seconds['GPT'] = timed(lambda: gpt.generate(idx, length, top_k=50, generator=generator), device)
+            print(f"  {length} new tokens x {batch}: " + ', '.join(f'{k} {v:.2f} s' for k, v in seconds.items()), flush=True)
+            row = [length, batch]
+            for k in seconds:
+                row += [f'{seconds[k]:.3f}', f'{batch * length / seconds[k]:,.0f}']
+            rows.append(row + [f"{seconds['GPT'] / seconds[k]:.1f}x" for k in seconds if k != 'GPT'])
+    names = [k for k in seconds if k != 'GPT']
+    cola_text = (f"; Cola = the same DiT block-causal, blocks of {block}, {cfg['sample_cola_steps']} Euler steps "
+                 f"a block with CFG and a key/value cache of the finished blocks" if cola is not None else '')
     print(f"Sampling a continuation after a {cfg['sample_prompt']}-token prompt: TextLDM "
           f"(DiT '{cfg['dit_size']}' {dit.num_params() / 1e6:.1f}M + VAE '{cfg['vae_size']}', "
-          f"{cfg['sample_steps']} Euler steps, CFG {cfg['sample_cfg_scale']}: two passes a step) against "
-          f"GPT '{cfg['gpt_size']}' ({gpt.num_params() / 1e6:.1f}M) with a KV cache; "
+          f"{cfg['sample_steps']} Euler steps, CFG {cfg['sample_cfg_scale']}: two passes a step){cola_text}; "
+          f"against GPT '{cfg['gpt_size']}' ({gpt.num_params() / 1e6:.1f}M) with a KV cache; "
           f"{device} {net_dtype}. {machine()}\n")
-    table(('new tokens', 'batch', 'TextLDM s', 'TextLDM tok/s', 'GPT s', 'GPT tok/s', 'TextLDM speed-up'), rows)
+    table(('new tokens', 'batch', *[f'{k} {u}' for k in (*names, 'GPT') for u in ('s', 'tok/s')],
+           *[f'{k} speed-up' for k in names]), rows)
 
 
 if __name__ == '__main__':

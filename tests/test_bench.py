@@ -1,6 +1,5 @@
 """bench.py runs at a tiny size on the CPU and prints its tables. No timing is asserted here:
 speed targets live in the benchmark's output (README), never in tests."""
-import re
 
 import helpers
 
@@ -11,12 +10,17 @@ def table_rows(output):
 
 def test_bench_sample_tiny():
     out = helpers.run_script('bench.py', '--what=sample', '--sample_lengths=(8,)', '--sample_batches=(1, 2)',
-                             '--sample_steps=2', '--sample_prompt=4').stdout
+                             '--sample_steps=2', '--sample_prompt=4', '--sample_cola_block=4',
+                             '--sample_cola_steps=2').stdout
     rows = table_rows(out)
-    assert rows[0].startswith('| new tokens') and len(rows) == 3  # header + 2 batch sizes
+    header = [cell.strip() for cell in rows[0].strip('|').split('|')]
+    assert header[:2] == ['new tokens', 'batch'] and len(rows) == 3  # header + 2 batch sizes
+    assert header[-2:] == ['TextLDM speed-up', 'Cola speed-up'] and 'GPT tok/s' in header
     for row in rows[1:]:
-        speedup = re.search(r'([\d.]+)x \|$', row)
-        assert speedup and float(speedup.group(1)) > 0
+        cells = [cell.strip() for cell in row.strip('|').split('|')]
+        assert len(cells) == len(header) and cells[1] in ('1', '2')
+        speedups = [float(cell.rstrip('x')) for cell in cells[-2:]]
+        assert all(s > 0 for s in speedups)
 
 
 def test_bench_train_tiny():

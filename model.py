@@ -52,16 +52,22 @@ class VAEConfig:
 @dataclass
 class DiTConfig:
     latent_dim: int = 64
-    block_size: int = 2048      # max total length of context + target (the position table)
+    block_size: int = 2048      # max total length of context + target (checked; RoPE has no table)
     latent_block: int = 0       # Cola: trained block-causal on target blocks of this length (0 = TextLDM)
     n_layer: int = 10
     n_head: int = 12
     n_embd: int = 768
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    prediction: str = 'v'       # what the network outputs: 'v' velocity, or 'x' the clean latents,
+                                # turned into the velocity (x - x_t) / (1 - t); the loss is on the velocity either way
 
     def __post_init__(self):
         assert self.n_embd % self.n_head == 0, "n_embd must be divisible by n_head"
+        if self.prediction not in ('v', 'x'):
+            raise ValueError(f"prediction={self.prediction!r}: 'v' (velocity) or 'x' (clean latents)")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError("the DiT's head size n_embd / n_head must be even (rotary positions)")
 
 @dataclass
 class GPTConfig:
@@ -207,18 +213,35 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0, commit=True):
+    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0, commit=True, rope=None):
         """x: (B, T, C); mask: bool broadcastable to (B, H, T, T_keys) -> (B, T, C).
-        With a cache, x also attends to the cached tokens; commit=False leaves the cache as it was."""
+        With a cache, x also attends to the cached tokens; commit=False leaves the cache as it was.
+        rope: rotary_angles() of x's positions, applied to queries and keys (the DiT's)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (a.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for a in (q, k, v))
+        if rope is not None:   # before the cache: cached keys keep the rotation of their positions
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         if cache is not None:   # keys/values of all tokens so far
             k, v = cache.append(layer, k, v) if commit else cache.peek(layer, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+def rotary_angles(pos, head_dim, base=10000.0):
+    """Rotary position embedding (RoPE) for positions pos (B, T): (cos, sin), each
+    (B, 1, T, head_dim // 2) in fp32, the angle of channel pair i being pos * base^(-2i/head_dim)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    angles = pos.float()[..., None] * inv_freq
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+def apply_rotary(x, rope):
+    """Rotate queries or keys x (B, H, T, head_dim) by rotary_angles(); channel i pairs with
+    channel i + head_dim/2. Attention scores then depend on positions only through their difference."""
+    cos, sin = rope
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 class MLP(nn.Module):
     """Linear -> GELU (tanh approximation, GPT-2's "gelu_new") -> Linear."""
@@ -446,12 +469,12 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(n_embd, int(n_embd * mlp_ratio), dropout)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 6 * n_embd))
 
-    def forward(self, x, c, mask=None, cache=None, layer=0, commit=False):
+    def forward(self, x, c, mask=None, cache=None, layer=0, commit=False, rope=None):
         """x: (B, L, C) tokens, c: (B, L, C) per-token conditioning -> (B, L, C)."""
         modulation = self.adaLN_modulation(c).chunk(6, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         attn_in = modulate(self.norm1(x), shift_msa, scale_msa)
-        x = x + gate_msa * self.attn(attn_in, mask, cache=cache, layer=layer, commit=commit)
+        x = x + gate_msa * self.attn(attn_in, mask, cache=cache, layer=layer, commit=commit, rope=rope)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 class FinalLayer(nn.Module):
@@ -470,9 +493,12 @@ class FinalLayer(nn.Module):
 class DiT(nn.Module):
     """Velocity network over one sequence of [context latents (clean, t=1) | target latents (noisy)].
 
-    Every token gets its own time t and a learned "context or target" embedding. Positions count
-    valid tokens only (pos = cumsum(valid) - 1), so padding inside the context segment does not
-    shift the target's positions.
+    Every token gets its own time t and a learned "context or target" embedding. Positions enter
+    attention as rotary embeddings (RoPE), so attention sees relative offsets from the first step.
+    (A learned table added to the input, as at first, started at 1/50 of the latents' scale: after
+    600 iterations the DiT still attended to all tokens alike and wrote the corpus's words in no
+    order.) Positions count valid tokens only (pos = cumsum(valid) - 1), so padding inside the
+    context segment does not shift the target's positions.
     """
 
     def __init__(self, config):
@@ -480,7 +506,6 @@ class DiT(nn.Module):
         self.config = config
         C = config.n_embd
         self.x_embedder = nn.Linear(config.latent_dim, C)
-        self.pos_embed = nn.Embedding(config.block_size, C)
         self.role_embed = nn.Embedding(2, C)   # 0 = context, 1 = target
         self.t_embedder = TimestepEmbedder(C)
         self.drop = nn.Dropout(config.dropout)
@@ -495,7 +520,6 @@ class DiT(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        nn.init.normal_(self.pos_embed.weight, std=0.02)
         nn.init.normal_(self.role_embed.weight, std=0.02)
         for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
@@ -537,24 +561,31 @@ class DiT(nn.Module):
             pos = self.positions(valid, B, L, x.device)
             if past:
                 pos = pos + cache.num_valid()[:, None]
-        h = self.x_embedder(x) + self.pos_embed(pos) + self.role_embed(is_target.long())
-        h = self.drop(h)
+        h = self.drop(self.x_embedder(x) + self.role_embed(is_target.long()))
+        rope = rotary_angles(pos, self.config.n_embd // self.config.n_head)
         c = self.t_embedder(t)   # (B, L, C)
         mask = build_attention_mask(L, x.device, valid, attn_mask)
         if past:
             mask = cache.extend_mask(mask, B, L)
         for i, block in enumerate(self.blocks):
-            h = block(h, c, mask, cache, i, commit)
+            h = block(h, c, mask, cache, i, commit, rope)
         if cache is not None and commit:
             all_valid = torch.ones(B, L, dtype=torch.bool, device=x.device)
             cache.commit_valid(all_valid if valid is None else valid.bool())
-        return self.final_layer(h, c)
+        out = self.final_layer(h, c)
+        if self.config.prediction == 'v':
+            return out
+        # x-prediction: the velocity that reaches the predicted clean latents at t = 1, in fp32;
+        # 1 - t is floored at 0.05 (as JiT does) and clean tokens (t = 1) get velocity 0
+        t32 = t.float()[..., None]
+        v = (out.float() - x.float()) / (1 - t32).clamp(min=0.05)
+        return torch.where(t32 < 1, v, 0.0).to(out.dtype)
 
     def num_params(self, non_embedding=True):
-        """Parameter count; non_embedding drops the position and role lookup tables."""
+        """Parameter count; non_embedding drops the role lookup table."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.pos_embed.weight.numel() + self.role_embed.weight.numel()
+            n -= self.role_embed.weight.numel()
         return n
 
     def flops_per_token(self, seq_len):

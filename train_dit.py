@@ -42,6 +42,7 @@ cfg_dropout = 0.1          # probability of dropping the context, for classifier
 latent_block = 0           # Cola: denoise the target in blocks of this many tokens, block-causally
                            # (4 or 16; 0 = TextLDM, the whole target at one noise level)
 ema_decay = 0.9999
+prediction = 'v'           # the DiT outputs the velocity ('v') or the clean latents ('x'); the loss is on the velocity
 globals().update(common.TRAIN_DEFAULTS)
 # -----------------------------------------------------------------------------
 config = common.configure(globals(), 'dit')
@@ -118,7 +119,7 @@ data = common.TokenData(data_dir, vocab=space.vocab)  # token ids as the VAE kno
 if block_size > space.block_size:
     raise common.ConfigError(f"block_size={block_size} exceeds the VAE's {space.block_size}")
 dit_config = make_config('dit', size, latent_dim=space.latent_dim, block_size=block_size, dropout=dropout,
-                         latent_block=latent_block)
+                         latent_block=latent_block, prediction=prediction)
 if init_from == 'resume':
     saved = common.load_checkpoint(f'{out_dir}/dit.pt', 'dit checkpoint to resume')['model_args']
     if saved['latent_dim'] != space.latent_dim:

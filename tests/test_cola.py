@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import helpers
 from model import (DiT, DiTCache, DiTConfig, TextVAE, VAEConfig, block_causal_mask,
                    block_diffusion_sequence, block_flow_matching_loss, build_attention_mask,
-                   flow_matching_loss)
+                   flow_matching_loss, apply_rotary, rotary_angles)
 import sample
 
 D = 8   # latent channels
@@ -141,7 +141,8 @@ def pre_cola_forward(dit, x, t, is_target, valid=None, attn_mask=None):
     """DiT.forward as it was before Cola (positions from valid, no cache), line for line."""
     B, L, _ = x.shape
     pos = dit.positions(valid, B, L, x.device)
-    h = dit.drop(dit.x_embedder(x) + dit.pos_embed(pos) + dit.role_embed(is_target.long()))
+    h = dit.drop(dit.x_embedder(x) + dit.role_embed(is_target.long()))
+    rope = rotary_angles(pos, dit.config.n_embd // dit.config.n_head)
     c = dit.t_embedder(t)
     mask = build_attention_mask(L, x.device, valid, attn_mask)
     for block in dit.blocks:
@@ -150,6 +151,7 @@ def pre_cola_forward(dit, x, t, is_target, valid=None, attn_mask=None):
         y = modulate(block.norm1(h), mod[0], mod[1])
         q, k, v = a.c_attn(y).split(y.shape[-1], dim=2)
         q, k, v = (z.view(B, L, a.n_head, -1).transpose(1, 2) for z in (q, k, v))
+        q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).contiguous().view(B, L, -1)
         h = h + mod[2] * a.c_proj(y)
         h = h + mod[5] * block.mlp(modulate(block.norm2(h), mod[3], mod[4]))

@@ -12,7 +12,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model import (KVCache, VAEConfig, TextVAE, Projector, repa_loss, kl_divergence,  # noqa: E402
-                   DiTConfig, DiT, GPTConfig, GPT, VAE_SIZES, DIT_SIZES, GPT_SIZES, make_config)
+                   DiTConfig, DiT, GPTConfig, GPT, VAE_SIZES, DIT_SIZES, GPT_SIZES, make_config,
+                   apply_rotary, rotary_angles)
 
 V, D = 97, 8   # small vocab and latent size keep every test fast
 
@@ -179,6 +180,43 @@ def test_dit_context_padding_does_not_change_target():
     out_pad = model(x_pad, t_pad, is_target_pad, valid)
     assert torch.allclose(out_pad[:, 7:], out, atol=1e-5)
     assert torch.isfinite(out_pad).all()
+
+def test_rotary_scores_depend_on_position_differences_only():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 1, 2, 5, 16, generator=g)   # (B=1, H=2, T=5, head_dim=16) each
+    pos = torch.tensor([[0, 1, 2, 7, 30]])
+
+    def scores(offset):
+        rope = rotary_angles(pos + offset, 16)
+        return apply_rotary(q, rope) @ apply_rotary(k, rope).transpose(-1, -2)
+    assert torch.allclose(scores(0), scores(100), atol=1e-4)
+    assert not torch.allclose(scores(0), q @ k.transpose(-1, -2), atol=1e-2)  # positions do count
+    rope0 = rotary_angles(torch.zeros(1, 5, dtype=torch.long), 16)
+    assert torch.equal(apply_rotary(q, rope0), q)                              # position 0: unrotated
+    assert torch.allclose(apply_rotary(q, rotary_angles(pos, 16)).norm(dim=-1), q.norm(dim=-1))
+
+def test_dit_sees_the_order_of_its_inputs():
+    model = tiny_dit()
+    x, t, is_target = dit_inputs(n_context=4, n_target=5)
+    swapped = x.clone()
+    swapped[:, [5, 6]] = x[:, [6, 5]]
+    out, out_swapped = model(x, t, is_target), model(swapped, t, is_target)
+    # permutation-equivariant attention would give the same outputs, swapped back
+    assert not torch.allclose(out_swapped[:, [6, 5]], out[:, [5, 6]], atol=1e-4)
+
+def test_dit_x_prediction_gives_the_velocity_to_its_clean_estimate():
+    model = tiny_dit()
+    x, t, is_target = dit_inputs()
+    t[0, -1] = 0.99   # past the 0.05 floor of 1 - t
+    model.config.prediction = 'x'
+    v = model(x, t, is_target)
+    model.config.prediction = 'v'
+    x_clean = model(x, t, is_target)   # the same weights: the raw output is the clean estimate
+    one_minus_t = (1 - t).clamp(min=0.05)[..., None]
+    assert torch.allclose((x + one_minus_t * v)[is_target], x_clean[is_target], atol=1e-5)
+    assert torch.equal(v[~is_target], torch.zeros_like(v[~is_target]))   # clean tokens (t = 1) stay put
+    with pytest.raises(ValueError, match='prediction'):
+        DiTConfig(latent_dim=D, n_layer=1, n_head=4, n_embd=32, prediction='eps')
 
 def test_dit_empty_context():
     model = tiny_dit()

@@ -39,15 +39,18 @@ vae_learning_rate = 1e-3
 vae_min_lr = 1e-4
 vae_kl_warmup_iters = 200
 vae_projector_dim = 256
+vae_latent_dim = 16  # the paper's 64 is for 50,257 tokens; ~213 fit in 16, and the DiT learns far faster
 vae_repa_teacher_layer = -2  # the GPT has 2 layers: -3 (the paper's) would be its embeddings
 
 # the DiT
 dit_block_size = 128
-dit_max_iters = 600
-dit_lr_decay_iters = 600
-dit_learning_rate = 1e-3
-dit_min_lr = 1e-4
-dit_ema_decay = 0.995
+dit_max_iters = 2000
+dit_lr_decay_iters = 2000
+dit_learning_rate = 3e-3  # twice as fast as 1e-3 at this size (same grammar rate at half the iterations)
+dit_min_lr = 3e-4
+dit_ema_decay = 0.998
+dit_eval_interval = 250
+dit_prediction = 'x'  # the network outputs clean latents (the loss is still on the velocity)
 
 # sampling and the short evaluation table of the quick start (offline: the judge is the GPT
 # above, i.e. the baseline scores its own samples; BERTScore uses the local MiniLM encoder)

@@ -286,7 +286,9 @@ def pipeline(tmp_path_factory):
     assert os.path.isfile(os.path.join(out_dir, 'gpt_hf', 'config.json'))
     vae = run_script('train_vae.py', *common_args)   # REPA on: the teacher is out_dir/gpt_hf; compact vocab
     assert 'REPA teacher' in vae.stdout and 'val_repa' in vae.stdout
-    run_script('train_dit.py', *common_args)
+    # v-prediction here: after 6 iterations an x-prediction DiT lands on its own (input-blind)
+    # output whatever the noise, so seeds could not be told apart (x is tested on its own below)
+    run_script('train_dit.py', *common_args, '--prediction=v')
     return dict(root=root, data_dir=data_dir, out_dir=out_dir)
 
 
@@ -372,21 +374,33 @@ def sample_error(monkeypatch, p, *argv):
 
 def test_dit_paired_with_vae_of_another_latent_size(pipeline, monkeypatch):
     p = pipeline
-    other = str(p['root'] / 'vae16')
-    run_script('train_vae.py', *TINY, f"--data_dir={p['data_dir']}", f'--out_dir={other}', '--latent_dim=16',
+    other = str(p['root'] / 'vae8')
+    run_script('train_vae.py', *TINY, f"--data_dir={p['data_dir']}", f'--out_dir={other}', '--latent_dim=8',
                '--repa_teacher=None', '--max_iters=1')
-    # sampling: a 64-channel DiT whose checkpoint names the 16-channel VAE
+    # sampling: the pipeline's 16-channel DiT (config/tiny.py) whose checkpoint names the 8-channel VAE
     ckpt = load_ckpt(os.path.join(p['out_dir'], 'dit.pt'))
-    assert ckpt['model_args']['latent_dim'] == 64
+    assert ckpt['model_args']['latent_dim'] == 16
     ckpt['model_args']['vae_path'] = os.path.join(other, 'vae.pt')
     torch.save(ckpt, os.path.join(other, 'dit.pt'))
     message = sample_error(monkeypatch, p, f"--dit_path={other}/dit.pt", f'--prompt={PROMPT}')
-    assert '64-channel' in message and '16' in message
-    # training: resuming the 64-channel DiT on the 16-channel VAE
+    assert '16-channel' in message and '8' in message
+    # training: resuming the 16-channel DiT on the 8-channel VAE
     shutil.copy(os.path.join(p['out_dir'], 'dit.pt'), os.path.join(other, 'dit.pt'))
     message = script_error(monkeypatch, 'train_dit.py', *TINY, f"--data_dir={p['data_dir']}", f'--out_dir={other}',
                            '--init_from=resume', '--max_iters=8')
-    assert '64' in message and '16' in message
+    assert '16' in message and '8' in message
+
+
+def test_x_prediction_trains_and_samples(pipeline):
+    """config/tiny.py's prediction='x', end to end: the checkpoint records it, sampling reads it."""
+    p = pipeline
+    out = str(p['root'] / 'xpred')
+    run_script('train_dit.py', *TINY, f"--data_dir={p['data_dir']}", f'--out_dir={out}', '--max_iters=2',
+               '--eval_interval=2', f"--vae_path={p['out_dir']}/vae.pt")
+    assert load_ckpt(os.path.join(out, 'dit.pt'))['model_args']['prediction'] == 'x'
+    runs = [sample_records(p, f'x{i}', f'--dit_path={out}/dit.pt', f'--prompt={PROMPT}', '--seed=3')[0]
+            for i in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 2
 
 
 def test_missing_vae(pipeline, monkeypatch):

@@ -61,9 +61,13 @@ class DiTConfig:
     dropout: float = 0.0
     prediction: str = 'v'       # what the network outputs: 'v' velocity, or 'x' the clean latents,
                                 # turned into the velocity (x - x_t) / (1 - t); the loss is on the velocity either way
+    self_cond: bool = False     # self-conditioning: the network also reads its own previous estimate
+                                # of the clean latents (Chen et al., Analog Bits); TextLDM only
 
     def __post_init__(self):
         assert self.n_embd % self.n_head == 0, "n_embd must be divisible by n_head"
+        if self.self_cond and self.latent_block:
+            raise ValueError("self_cond is for TextLDM (latent_block=0), not the block-causal Cola prior")
         if self.prediction not in ('v', 'x'):
             raise ValueError(f"prediction={self.prediction!r}: 'v' (velocity) or 'x' (clean latents)")
         if (self.n_embd // self.n_head) % 2:
@@ -506,6 +510,8 @@ class DiT(nn.Module):
         self.config = config
         C = config.n_embd
         self.x_embedder = nn.Linear(config.latent_dim, C)
+        if config.self_cond:   # no bias: an absent estimate (zeros) adds exactly nothing
+            self.self_cond_embedder = nn.Linear(config.latent_dim, C, bias=False)
         self.role_embed = nn.Embedding(2, C)   # 0 = context, 1 = target
         self.t_embedder = TimestepEmbedder(C)
         self.drop = nn.Dropout(config.dropout)
@@ -519,7 +525,8 @@ class DiT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         nn.init.normal_(self.role_embed.weight, std=0.02)
         for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
@@ -539,12 +546,15 @@ class DiT(nn.Module):
             return torch.arange(L, device=device).expand(B, L)
         return (valid.long().cumsum(dim=1) - 1).clamp(min=0)   # leading padding -> 0
 
-    def forward(self, x, t, is_target, valid=None, attn_mask=None, pos=None, cache=None, commit=False):
+    def forward(self, x, t, is_target, valid=None, attn_mask=None, pos=None, cache=None, commit=False,
+                x_self=None):
         """Predict the velocity at every position.
 
         x: (B, L, D) context latents followed by target latents. t: (B, L) flow time per token.
         is_target: (B, L) bool. valid: (B, L) bool or None (all valid). attn_mask: (L, L) or
         (B, L, L) bool, True = may attend, ANDed with the padding mask.
+        x_self: (B, L, D) the previous estimate of the clean latents (clean_estimate), or None
+            (= zeros, no estimate yet); only for a DiT with config.self_cond.
         Cola (block-causal) only:
         pos: (B, L) long positions, each < block_size, instead of the count of valid tokens
             (in training, the clean and the noisy copy of a target token share a position).
@@ -561,7 +571,12 @@ class DiT(nn.Module):
             pos = self.positions(valid, B, L, x.device)
             if past:
                 pos = pos + cache.num_valid()[:, None]
-        h = self.drop(self.x_embedder(x) + self.role_embed(is_target.long()))
+        h = self.x_embedder(x) + self.role_embed(is_target.long())
+        if x_self is not None:
+            if not self.config.self_cond:
+                raise ValueError("x_self given to a DiT trained without self_cond")
+            h = h + self.self_cond_embedder(x_self.to(h.dtype))
+        h = self.drop(h)
         rope = rotary_angles(pos, self.config.n_embd // self.config.n_head)
         c = self.t_embedder(t)   # (B, L, C)
         mask = build_attention_mask(L, x.device, valid, attn_mask)
@@ -593,8 +608,15 @@ class DiT(nn.Module):
         cfg = self.config
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
+def clean_estimate(x_t, t, velocity):
+    """The clean latents the velocity points at: x_t + (1 - t) v (exact on the straight path).
+    x_t, velocity: (B, L, D); t: (B, L). In x_t's precision (fp32 or fp64, not the network's bf16).
+    Self-conditioning feeds this back to the DiT."""
+    return x_t + (1 - t)[..., None].to(x_t.dtype) * velocity.to(x_t.dtype)
+
+
 def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None,
-                       role=None, attn_mask=None, pos=None):
+                       role=None, attn_mask=None, pos=None, self_cond=False):
     """Flow matching on the straight path from noise (t=0) to data (t=1).
 
     x_data: (B, L, D) clean latents (context and target); t: (B,) time of each row's target,
@@ -602,13 +624,23 @@ def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None,
     positions. Other positions stay clean (t = 1); the loss is the mean squared error of the
     velocity x_data - noise over the noised positions only, in fp32.
     role: the DiT's is_target input when it differs (Cola's clean copies of target blocks are
-    targets kept clean); attn_mask and pos go to the DiT."""
+    targets kept clean); attn_mask and pos go to the DiT.
+    self_cond: the first half of the rows (random windows, so a random half) first get the DiT's
+    own clean estimate from a no-grad pass and are scored given it; the rest are scored without
+    one, as the first sampling step is. Half a batch of extra forward, no data-dependent branch."""
     noise = torch.randn_like(x_data) if noise is None else noise
     t = t[:, None] if t.dim() == 1 else t
     times = torch.where(is_target, t.to(x_data.dtype), 1.0)
     x_t = times[..., None] * x_data + (1 - times[..., None]) * noise  # = x_data where t = 1
-    cola = {} if attn_mask is None and pos is None else dict(attn_mask=attn_mask, pos=pos)
-    velocity = dit(x_t, times, is_target if role is None else role, valid, **cola)  # TextLDM: as before
+    extra = {} if attn_mask is None and pos is None else dict(attn_mask=attn_mask, pos=pos)  # Cola's
+    role = is_target if role is None else role
+    if self_cond:
+        h = x_data.shape[0] // 2
+        with torch.no_grad():
+            v_half = dit(x_t[:h], times[:h], role[:h], None if valid is None else valid[:h])
+        estimate = torch.where(is_target[:h, :, None], clean_estimate(x_t[:h], times[:h], v_half), 0.0)
+        extra['x_self'] = torch.cat([estimate, torch.zeros_like(x_t[h:])]).detach()
+    velocity = dit(x_t, times, role, valid, **extra)
     error = (velocity.float() - (x_data - noise).float()).pow(2).mean(-1)
     return (error * is_target).sum() / is_target.sum().clamp(min=1)
 

@@ -16,7 +16,7 @@ import time
 import torch
 
 import common
-from model import DiTCache, block_causal_mask
+from model import DiTCache, block_causal_mask, clean_estimate
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `sample_key` in a config file is ours alone)
@@ -62,18 +62,21 @@ def make_time_grid(steps, kind='uniform', std=1.5):
     raise ValueError(f"time grid {kind!r}: 'uniform' or 'logit_normal'")
 
 
-def guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net_dtype):
+def guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net_dtype, x_self=None):
     """The DiT's velocity at scalar time t for the target positions; with scale != 1 the
     conditional and unconditional (no context) passes run as one batch and are combined:
-    v = v_uncond + scale * (v_cond - v_uncond)."""
+    v = v_uncond + scale * (v_cond - v_uncond). x_self: (B, ...) or, with scale != 1, (2B, ...)
+    previous clean estimates of the conditional (then unconditional) pass, for a self_cond DiT.
+    Returns the velocity and the raw velocities of the passes run (B or 2B rows)."""
     B = x.shape[0]
     times = torch.where(is_target, torch.full_like(x[..., 0], float(t)), torch.ones_like(x[..., 0]))
     guided = scale != 1.0
     if guided:
         x, times = torch.cat([x, x]), torch.cat([times, times])
         is_target, valid = torch.cat([is_target, is_target]), torch.cat([valid, unconditional_valid])
-    v = dit(x.to(net_dtype), times.to(net_dtype), is_target, valid).to(x.dtype)
-    return v[B:] + scale * (v[:B] - v[B:]) if guided else v
+    extra = {} if x_self is None else dict(x_self=x_self.to(net_dtype))
+    v = dit(x.to(net_dtype), times.to(net_dtype), is_target, valid, **extra).to(x.dtype)
+    return (v[B:] + scale * (v[:B] - v[B:]) if guided else v), v
 
 
 @torch.no_grad()
@@ -81,7 +84,9 @@ def sample_flow(dit, context, context_valid, target_valid, steps=50, solver='eul
                 guidance_interval=(0.0, 1.0), grid='uniform', std=1.5, ode_dtype=torch.float64,
                 generator=None, net_dtype=torch.float32):
     """Integrate the ODE for the target latents. context: (B, C, D) normalised clean latents
-    (C may be 0) with context_valid (B, C); target_valid (B, N). Returns (B, N, D) latents."""
+    (C may be 0) with context_valid (B, C); target_valid (B, N). Returns (B, N, D) latents.
+    A self_cond DiT gets, at every evaluation, each pass's own previous clean estimate (zeros at
+    the first), as in training."""
     B, C, D = context.shape
     N = target_valid.shape[1]
     noise = torch.randn(B, N, D, generator=generator, device=context.device, dtype=torch.float64)
@@ -90,10 +95,18 @@ def sample_flow(dit, context, context_valid, target_valid, steps=50, solver='eul
     valid = torch.cat([context_valid, target_valid], dim=1)
     unconditional_valid = valid & is_target
     times = make_time_grid(steps, grid, std)
+    self_cond = getattr(getattr(dit, 'config', None), 'self_cond', False)
+    estimate = torch.zeros(2 * B, C + N, D, dtype=ode_dtype, device=x.device)  # conditional, unconditional
 
     def velocity(x, t):
         scale = cfg_scale if guidance_interval[0] <= t <= guidance_interval[1] else 1.0
-        v = guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net_dtype)
+        passes = 2 * B if scale != 1.0 else B
+        v, raw = guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net_dtype,
+                                 estimate[:passes] if self_cond else None)
+        if self_cond:
+            x_passes, mask = x.repeat(passes // B, 1, 1), is_target.repeat(passes // B, 1)[..., None]
+            new = clean_estimate(x_passes, torch.full_like(x_passes[..., 0], t), raw)
+            estimate[:passes] = torch.where(mask, new, 0.0)  # none for the (clean) context
         return torch.where(is_target[..., None], v, 0.0)  # the context stays clean
 
     return integrate(velocity, x, times, solver)[:, C:]

@@ -43,6 +43,8 @@ latent_block = 0           # Cola: denoise the target in blocks of this many tok
                            # (4 or 16; 0 = TextLDM, the whole target at one noise level)
 ema_decay = 0.9999
 prediction = 'v'           # the DiT outputs the velocity ('v') or the clean latents ('x'); the loss is on the velocity
+self_cond = False          # self-conditioning: the DiT also reads its previous clean estimate (TextLDM only;
+                           # +1/6 compute per iteration); sample.py uses it whenever the DiT has it
 globals().update(common.TRAIN_DEFAULTS)
 # -----------------------------------------------------------------------------
 config = common.configure(globals(), 'dit')
@@ -51,6 +53,8 @@ if timestep_sampling not in ('logit_normal', 'uniform'):
     raise common.ConfigError(f"timestep_sampling={timestep_sampling!r}: 'logit_normal' or 'uniform'")
 if latent_block < 0:
     raise common.ConfigError(f"latent_block={latent_block} must be >= 0 (0 = TextLDM)")
+if self_cond and latent_block:
+    raise common.ConfigError("self_cond=True is for TextLDM (latent_block=0), not the block-causal Cola prior")
 
 
 def sample_timesteps(n, device):
@@ -80,6 +84,7 @@ class FlowMatchingObjective(nn.Module):
         super().__init__()
         self.dit, self.space = dit, space  # space is a plain object: the VAE stays frozen, unsaved
         self.latent_block, self.n_noisy = latent_block, n_noisy  # n_noisy: the longest target
+        self.self_cond = dit.config.self_cond
 
     def forward(self, context_idx, context_valid, target_idx, target_valid, cut, drop_context):
         x_data, is_target = pack(self.space.encode(context_idx, context_valid),
@@ -91,7 +96,7 @@ class FlowMatchingObjective(nn.Module):
             return block_flow_matching_loss(self.dit, x_data, is_target, valid, times,
                                             self.latent_block, self.n_noisy), {}
         t = sample_timesteps(len(cut), cut.device)
-        return flow_matching_loss(self.dit, x_data, t, is_target, valid), {}
+        return flow_matching_loss(self.dit, x_data, t, is_target, valid, self_cond=self.self_cond), {}
 
 
 def batch_fn(split, rng):
@@ -119,7 +124,7 @@ data = common.TokenData(data_dir, vocab=space.vocab)  # token ids as the VAE kno
 if block_size > space.block_size:
     raise common.ConfigError(f"block_size={block_size} exceeds the VAE's {space.block_size}")
 dit_config = make_config('dit', size, latent_dim=space.latent_dim, block_size=block_size, dropout=dropout,
-                         latent_block=latent_block, prediction=prediction)
+                         latent_block=latent_block, prediction=prediction, self_cond=self_cond)
 if init_from == 'resume':
     saved = common.load_checkpoint(f'{out_dir}/dit.pt', 'dit checkpoint to resume')['model_args']
     if saved['latent_dim'] != space.latent_dim:

@@ -120,6 +120,71 @@ def test_sampler_integrates_from_noise_at_0_to_data_at_1():
 
 
 # -----------------------------------------------------------------------------
+# Self-conditioning: the DiT reads its own previous clean estimate x_t + (1 - t) v
+
+class SelfCondStub(torch.nn.Module):
+    """Records (x, t, x_self) of every call; returns a fixed velocity field f(x, t)."""
+    config = make_config('dit', 'tiny', latent_dim=3, self_cond=True)
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, t, is_target, valid=None, x_self=None):
+        self.calls.append((x.clone(), t.clone(), None if x_self is None else x_self.clone()))
+        return 0.5 * x.flip(-1) + t[..., None]   # any function of x and t
+
+
+def test_self_conditioning_in_training_feeds_a_no_grad_estimate_to_half_the_rows():
+    g = torch.Generator().manual_seed(0)
+    B, L, D = 4, 5, 3
+    x_data, noise = torch.randn(B, L, D, generator=g), torch.randn(B, L, D, generator=g)
+    is_target = torch.arange(L)[None, :] >= torch.tensor([2, 0, 4, 1])[:, None]
+    stub = SelfCondStub()
+    flow_matching_loss(stub, x_data, torch.rand(B, generator=g), is_target, noise=noise, self_cond=True)
+    (x_half, t_half, none), (x_t, times, x_self) = stub.calls
+    assert none is None and torch.equal(x_half, x_t[:2]) and torch.equal(t_half, times[:2])
+    estimate = x_t[:2] + (1 - times[:2])[..., None] * stub(x_half, t_half, is_target[:2])
+    assert torch.allclose(x_self[:2], torch.where(is_target[:2, :, None], estimate, 0.0))
+    assert torch.equal(x_self[2:], torch.zeros_like(x_self[2:]))   # the other half: no estimate
+    assert not x_self.requires_grad
+
+
+@pytest.mark.parametrize('cfg_scale', [1.0, 3.0])
+def test_self_conditioning_in_sampling_feeds_each_pass_its_previous_estimate(cfg_scale):
+    stub = SelfCondStub()
+    context, context_valid, target_valid = context_batch(B=2, C=3, N=2, D=3)
+    sample.sample_flow(stub, context, context_valid, target_valid, steps=4, cfg_scale=cfg_scale,
+                       generator=torch.Generator().manual_seed(0), net_dtype=torch.float64)
+    passes = 2 if cfg_scale != 1.0 else 1
+    assert len(stub.calls) == 4
+    is_target = (torch.arange(5) >= 3).expand(2 * passes, 5)[..., None]
+    assert torch.equal(stub.calls[0][2], torch.zeros_like(stub.calls[0][2]))   # none at the first step
+    for (x, t, _), (_, _, x_self) in zip(stub.calls, stub.calls[1:]):
+        assert x.shape[0] == 2 * passes        # conditional and unconditional rows, each its own estimate
+        estimate = x + (1 - t)[..., None] * stub(x, t, None)
+        assert torch.allclose(x_self, torch.where(is_target, estimate, 0.0))
+
+
+def test_self_conditioning_dit_with_a_zero_estimate_path_is_the_plain_dit():
+    """The estimate enters through its own bias-free projection: zeroed, the DiT is the plain one."""
+    plain = perturbed_dit()
+    config = make_config('dit', 'tiny', latent_dim=4, block_size=32, n_layer=2, n_head=2, n_embd=32, self_cond=True)
+    with_sc = DiT(config).eval()
+    missing, unexpected = with_sc.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ['self_cond_embedder.weight'] and not unexpected
+    torch.nn.init.zeros_(with_sc.self_cond_embedder.weight)
+    context, context_valid, target_valid = context_batch()
+    run = lambda dit: sample.sample_flow(dit, context, context_valid, target_valid, steps=6, cfg_scale=3.0,
+                                         generator=torch.Generator().manual_seed(0))
+    assert torch.equal(run(plain), run(with_sc))
+    with pytest.raises(ValueError, match='self_cond'):
+        plain(torch.zeros(1, 2, 4), torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), x_self=torch.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match='TextLDM'):
+        make_config('dit', 'tiny', self_cond=True, latent_block=4)
+
+
+# -----------------------------------------------------------------------------
 # Learning and sampling a toy 2-D mixture
 
 MODES = torch.tensor([[2.0, 0.0], [-1.0, 1.732], [-1.0, -1.732]])

@@ -16,8 +16,9 @@ data_dir = 'data/tiny'   # the same prepared data as config/tiny.py
 vae_causal = True
 vae_mask_prob = 0.15
 
-# the DiT: block-causal over blocks of 4 target latents
+# the DiT: block-causal over blocks of 4 target latents (self-conditioning is TextLDM's only)
 dit_latent_block = 4
+dit_self_cond = False
 
 # sampling: 16 Euler steps per block, CFG 7 (sample.py's defaults, written out)
 sample_steps_per_block = 16

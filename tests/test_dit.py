@@ -457,12 +457,14 @@ def test_dit_paired_with_vae_of_another_latent_size(pipeline, monkeypatch):
 
 
 def test_x_prediction_trains_and_samples(pipeline):
-    """config/tiny.py's prediction='x', end to end: the checkpoint records it, sampling reads it."""
+    """config/tiny.py's prediction='x' and self_cond=True, end to end: the checkpoint records
+    them, sampling reads them (the pipeline's DiT is v-prediction with self_cond)."""
     p = pipeline
     out = str(p['root'] / 'xpred')
     run_script('train_dit.py', *TINY, f"--data_dir={p['data_dir']}", f'--out_dir={out}', '--max_iters=2',
                '--eval_interval=2', f"--vae_path={p['out_dir']}/vae.pt")
-    assert load_ckpt(os.path.join(out, 'dit.pt'))['model_args']['prediction'] == 'x'
+    model_args = load_ckpt(os.path.join(out, 'dit.pt'))['model_args']
+    assert model_args['prediction'] == 'x' and model_args['self_cond']
     runs = [sample_records(p, f'x{i}', f'--dit_path={out}/dit.pt', f'--prompt={PROMPT}', '--seed=3')[0]
             for i in range(2)]
     assert runs[0] == runs[1] and len(runs[0]) == 2

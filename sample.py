@@ -42,6 +42,7 @@ guidance_max_t = 1.0
 time_grid = 'uniform'      # 'uniform' or 'logit_normal' (the training distribution's quantiles)
 logit_normal_std = 1.5
 ode_dtype = 'float64'      # the ODE state and its updates; the network runs in `dtype`
+eta = 0.0                  # Euler only: share of fresh noise per step (0 = the ODE, 1 = re-noise)
 temperature = 1.0          # GPT sampling
 top_k = 0                  # 0 = off
 top_p = 1.0                # 1 = off
@@ -82,43 +83,54 @@ def guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net
 @torch.no_grad()
 def sample_flow(dit, context, context_valid, target_valid, steps=50, solver='euler', cfg_scale=7.0,
                 guidance_interval=(0.0, 1.0), grid='uniform', std=1.5, ode_dtype=torch.float64,
-                generator=None, net_dtype=torch.float32):
+                generator=None, net_dtype=torch.float32, eta=0.0):
     """Integrate the ODE for the target latents. context: (B, C, D) normalised clean latents
     (C may be 0) with context_valid (B, C); target_valid (B, N). Returns (B, N, D) latents.
     A self_cond DiT gets, at every evaluation, each pass's own previous clean estimate (zeros at
-    the first), as in training."""
+    the first), as in training. eta > 0: stochastic steps (see integrate)."""
     B, C, D = context.shape
     N = target_valid.shape[1]
     noise = torch.randn(B, N, D, generator=generator, device=context.device, dtype=torch.float64)
-    x = torch.cat([context.to(ode_dtype), noise.to(ode_dtype)], dim=1)
-    is_target = torch.arange(C + N, device=x.device).expand(B, -1) >= C
+    context = context.to(ode_dtype)   # the ODE state is the target; the context stays clean
+    is_target = torch.arange(C + N, device=context.device).expand(B, -1) >= C
     valid = torch.cat([context_valid, target_valid], dim=1)
     unconditional_valid = valid & is_target
     times = make_time_grid(steps, grid, std)
     self_cond = getattr(getattr(dit, 'config', None), 'self_cond', False)
-    estimate = torch.zeros(2 * B, C + N, D, dtype=ode_dtype, device=x.device)  # conditional, unconditional
+    estimate = torch.zeros(2 * B, C + N, D, dtype=ode_dtype, device=context.device)  # conditional, unconditional
 
     def velocity(x, t):
         scale = cfg_scale if guidance_interval[0] <= t <= guidance_interval[1] else 1.0
         passes = 2 * B if scale != 1.0 else B
+        x = torch.cat([context, x], dim=1)
         v, raw = guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net_dtype,
                                  estimate[:passes] if self_cond else None)
         if self_cond:
-            x_passes, mask = x.repeat(passes // B, 1, 1), is_target.repeat(passes // B, 1)[..., None]
+            x_passes = x.repeat(passes // B, 1, 1)
             new = clean_estimate(x_passes, torch.full_like(x_passes[..., 0], t), raw)
-            estimate[:passes] = torch.where(mask, new, 0.0)  # none for the (clean) context
-        return torch.where(is_target[..., None], v, 0.0)  # the context stays clean
+            estimate[:passes, C:] = new[:, C:]   # none for the (clean) context
+        return v[:, C:]
 
-    return integrate(velocity, x, times, solver)[:, C:]
+    return integrate(velocity, noise.to(ode_dtype), times, solver, eta, generator)
 
 
-def integrate(velocity, x, times, solver='euler'):
-    """Integrate dx/dt = velocity(x, t) over the time grid `times` (fp64, 0 -> 1)."""
+def integrate(velocity, x, times, solver='euler', eta=0.0, generator=None):
+    """Integrate dx/dt = velocity(x, t) over the time grid `times` (fp64, 0 -> 1).
+    eta > 0 (Euler only): stochastic steps, DDIM's eta. On the straight path x_t = t x1 + (1 - t) x0
+    the velocity gives both estimates, x1 = x_t + (1 - t) v and x0 = x_t - t v, and an Euler step
+    is exactly x' = t' x1 + (1 - t') x0. The stochastic step swaps part of x0 for fresh noise:
+    x' = t' x1 + (1 - t') (sqrt(1 - s^2) x0 + s z), s = eta sqrt(1 - r^2), r = t (1 - t') / (t' (1 - t)),
+    so eta = 1 is DDPM's ancestral step, and later steps can revise what earlier ones chose."""
     for t0, t1 in zip(times[:-1].tolist(), times[1:].tolist()):
         v0 = velocity(x, t0)
         if solver == 'heun':
             v1 = velocity(x + (t1 - t0) * v0, t1)
             x = x + (t1 - t0) * 0.5 * (v0 + v1)
+        elif eta > 0:
+            x1, x0 = x + (1 - t0) * v0, x - t0 * v0
+            s = eta * (1 - (t0 * (1 - t1) / (t1 * (1 - t0))) ** 2) ** 0.5
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float64).to(x.dtype)
+            x = t1 * x1 + (1 - t1) * ((1 - s ** 2) ** 0.5 * x0 + s * z)
         else:
             x = x + (t1 - t0) * v0
     return x
@@ -188,7 +200,7 @@ class FullPrefix:
 @torch.no_grad()
 def sample_blocks(dit, context, context_valid, max_new_tokens, steps=16, solver='euler', cfg_scale=7.0,
                   guidance_interval=(0.0, 1.0), grid='uniform', std=1.5, ode_dtype=torch.float64,
-                  generator=None, net_dtype=torch.float32, use_cache=True, on_block=None):
+                  generator=None, net_dtype=torch.float32, use_cache=True, on_block=None, eta=0.0):
     """Cola: the target latents block by block (dit.config.latent_block tokens each; the last may
     be shorter), each integrated from noise in `steps` ODE steps given the clean blocks before it.
     With CFG the unconditional pass sees the generated blocks but not the prompt. context: (B, C, D)
@@ -211,7 +223,7 @@ def sample_blocks(dit, context, context_valid, max_new_tokens, steps=16, solver=
     for start in range(0, max_new_tokens, dit.config.latent_block):
         n = min(dit.config.latent_block, max_new_tokens - start)
         noise = torch.randn(B, n, D, generator=generator, device=context.device, dtype=torch.float64)
-        blocks.append(integrate(velocity, noise.to(ode_dtype), times, solver))
+        blocks.append(integrate(velocity, noise.to(ode_dtype), times, solver, eta, generator))
         stop = on_block is not None and on_block(torch.cat(blocks, dim=1))
         if stop or start + n == max_new_tokens:
             break
@@ -300,6 +312,18 @@ def load_textldm(dit_path, device):
     return dit.to(device), space
 
 
+def check_flow_keys(solver, time_grid, ode_dtype, eta):
+    """The sampler's keys, checked before any work (sample.py and eval.py)."""
+    if solver not in ('euler', 'heun'):
+        raise common.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")
+    if time_grid not in ('uniform', 'logit_normal'):
+        raise common.ConfigError(f"time_grid={time_grid!r}: 'uniform' or 'logit_normal'")
+    if ode_dtype not in ('float32', 'float64'):
+        raise common.ConfigError(f"ode_dtype={ode_dtype!r}: 'float32' or 'float64'")
+    if not 0 <= eta <= 1 or (eta and solver != 'euler'):
+        raise common.ConfigError(f"eta={eta}: stochastic steps take 0 <= eta <= 1, with solver='euler'")
+
+
 def check_lengths(prompt_len, new_tokens, limits):
     for name, limit in limits:
         if prompt_len + new_tokens > limit:
@@ -318,18 +342,14 @@ def main():
     generator = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)
     if model == 'textldm':
-        if solver not in ('euler', 'heun'):
-            raise common.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")
-        if time_grid not in ('uniform', 'logit_normal'):
-            raise common.ConfigError(f"time_grid={time_grid!r}: 'uniform' or 'logit_normal'")
-        if ode_dtype not in ('float32', 'float64'):
-            raise common.ConfigError(f"ode_dtype={ode_dtype!r}: 'float32' or 'float64'")
+        check_flow_keys(solver, time_grid, ode_dtype, eta)
         dit, space = load_textldm(dit_path, device)
         vocab, prompt_ids = space.vocab, space.vocab.encode(text).tolist()
         check_lengths(len(prompt_ids), max_new_tokens, [('DiT', dit.config.block_size)])
         check_lengths(len(prompt_ids), 0, [('VAE', space.block_size)])
         flow = dict(steps=steps, solver=solver, cfg_scale=cfg_scale, grid=time_grid, std=logit_normal_std,
-                    guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype))
+                    guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype),
+                    eta=eta)
         if dit.config.latent_block:   # a Cola DiT: block by block, sample 0 printed as it comes
             print(f"Cola, blocks of {dit.config.latent_block} latents; sample 0 as decoded:\n{text}", end='')
             stream = lambda new: print(vocab.decode(new[0]), end='', flush=True)

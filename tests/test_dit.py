@@ -217,6 +217,36 @@ def test_toy_mixture_modes_and_weights():
     assert (fractions > 0.05).all(), f"a mode was missed: {fractions.tolist()}"
     assert (fractions - WEIGHTS).abs().max() < 0.07, f"weights {fractions.tolist()} vs {WEIGHTS.tolist()}"
     assert (distance < 0.5).float().mean() > 0.9, "most samples should lie near a mode"
+    # stochastic (DDPM-like) steps find the same modes with the same weights
+    z = sample.sample_flow(dit, torch.zeros(n, 0, 2), torch.zeros(n, 0, dtype=torch.bool),
+                           torch.ones(n, 1, dtype=torch.bool), steps=100, cfg_scale=1.0, eta=1.0,
+                           generator=torch.Generator().manual_seed(1))[:, 0].float()
+    distance, nearest = torch.cdist(z, MODES).min(dim=1)
+    fractions = torch.bincount(nearest, minlength=3).float() / n
+    assert (fractions - WEIGHTS).abs().max() < 0.07, f"eta=1: weights {fractions.tolist()} vs {WEIGHTS.tolist()}"
+    assert (distance < 0.5).float().mean() > 0.9, "eta=1: most samples should lie near a mode"
+
+
+def test_stochastic_steps_keep_the_data_distribution():
+    """With the exact velocity of 1-D Gaussian data N(m, sd^2), Euler (eta=0) and DDPM-like
+    stochastic steps (eta=0.5, 1) both end at that distribution; eta=1 re-draws noise (other
+    samples), and a share of fresh noise that is too large (every step a full re-noise of the
+    clean estimate) would shrink the spread to a fraction of sd: the check can tell."""
+    m, sd, n = 1.5, 0.3, 20000
+
+    def exact(x, times, is_target, valid, **_):   # E[x1 | x_t] for Gaussian data, as a velocity
+        t = times.double()[..., None]
+        x1 = m + t * sd ** 2 / (t ** 2 * sd ** 2 + (1 - t) ** 2) * (x.double() - t * m)
+        return torch.where(t < 1, (x1 - x) / (1 - t).clamp(min=1e-12), 0.0)
+
+    run = lambda eta, steps=200: sample.sample_flow(
+        exact, torch.zeros(n, 0, 1), torch.zeros(n, 0, dtype=torch.bool), torch.ones(n, 1, dtype=torch.bool),
+        steps=steps, cfg_scale=1.0, eta=eta, generator=torch.Generator().manual_seed(0))[:, 0, 0]
+    ode = run(0.0)
+    for eta in (0.0, 0.5, 1.0):
+        z = run(eta)
+        assert abs(z.mean() - m) < 0.01 and abs(z.std() / sd - 1) < 0.03, (eta, z.mean(), z.std())
+        assert eta == 0 or (z - ode).abs().mean() > 0.05   # other noise, other samples
 
 
 # -----------------------------------------------------------------------------
@@ -493,9 +523,10 @@ def test_prompt_longer_than_context(pipeline, monkeypatch, model):
 
 
 @pytest.mark.parametrize('arg, key', [('--solver=rk4', 'solver'), ('--model=bert', 'model'),
-                                      ('--time_grid=cosine', 'time_grid'), ('--ode_dtype=float16x', 'ode_dtype')])
+                                      ('--time_grid=cosine', 'time_grid'), ('--ode_dtype=float16x', 'ode_dtype'),
+                                      ('--eta=1.5', 'eta'), ('--eta=0.5 --solver=heun', 'eta')])
 def test_bad_sampler_options(pipeline, monkeypatch, arg, key):
-    message = sample_error(monkeypatch, pipeline, arg, '--prompt=')
+    message = sample_error(monkeypatch, pipeline, *arg.split(), '--prompt=')
     assert message.startswith('config error') and key in message
 
 

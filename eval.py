@@ -80,7 +80,7 @@ guidance_max_t = 1.0
 time_grid = 'uniform'
 logit_normal_std = 1.5
 ode_dtype = 'float64'
-eta = 0.0                  # stochastic steps (sample.py)
+renoise = 0.0              # stochastic steps (sample.py)
 temperature = 1.0          # autoregressive models: plain ancestral sampling by default
 top_k = 0
 top_p = 1.0
@@ -170,7 +170,8 @@ def batches_within(prompts, lengths, context):
 def textldm_candidate(label, path):
     dit, space = sample.load_textldm(path, device)
     flow = dict(steps=steps, solver=solver, cfg_scale=cfg_scale, grid=time_grid, std=logit_normal_std,
-                guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype), eta=eta)
+                guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype),
+                renoise=renoise)
     context = min(dit.config.block_size, space.block_size)
     if getattr(dit.config, 'latent_block', 0):  # a Cola DiT: block by block, until every row ends
         run, flow = sample.cola_continue, dict(flow, steps=steps_per_block)
@@ -444,7 +445,7 @@ def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_
 def main():
     config = common.configure(globals(), 'eval')
     common.check_precision(device, dtype)
-    sample.check_flow_keys(solver, time_grid, ode_dtype, eta)
+    sample.check_flow_keys(solver, time_grid, ode_dtype, renoise)
     if not (eval_set in ('synthetic', *HUB_SETS) or eval_set.startswith('file:')):
         raise common.ConfigError(f"eval_set={eval_set!r}: 'synthetic', 'file:PATHS' or one of {', '.join(HUB_SETS)}")
     if min_doc_tokens < 4 or num_docs < 1 or num_uncond < 0:

@@ -3,8 +3,8 @@ Continue a prompt (or generate from nothing) with TextLDM or with the GPT baseli
 
 TextLDM: encode the prompt with the VAE, draw Gaussian noise for the whole continuation,
 integrate the flow ODE from t = 0 (noise) to t = 1 (data) with the DiT's velocity (Euler or
-Heun, classifier-free guidance), then decode every token in parallel with the VAE and cut at
-the first <|endoftext|>. The number of network evaluations does not grow with the length.
+Heun, classifier-free guidance; or stochastic Euler steps, renoise > 0), then decode every token
+in parallel with the VAE and cut at the first <|endoftext|>. The number of network evaluations does not grow with the length.
 
     python sample.py config/tiny.py --prompt="Mia had 3 apples." --num_samples=4
     python sample.py config/tiny.py --model=gpt --prompt="FILE:prompt.txt" --out=samples.jsonl
@@ -42,7 +42,7 @@ guidance_max_t = 1.0
 time_grid = 'uniform'      # 'uniform' or 'logit_normal' (the training distribution's quantiles)
 logit_normal_std = 1.5
 ode_dtype = 'float64'      # the ODE state and its updates; the network runs in `dtype`
-eta = 0.0                  # Euler only: share of fresh noise per step (0 = the ODE, 1 = re-noise)
+renoise = 0.0              # Euler only: share of the noise re-drawn at each step (0 = the ODE, 1 = all)
 temperature = 1.0          # GPT sampling
 top_k = 0                  # 0 = off
 top_p = 1.0                # 1 = off
@@ -83,11 +83,11 @@ def guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net
 @torch.no_grad()
 def sample_flow(dit, context, context_valid, target_valid, steps=50, solver='euler', cfg_scale=7.0,
                 guidance_interval=(0.0, 1.0), grid='uniform', std=1.5, ode_dtype=torch.float64,
-                generator=None, net_dtype=torch.float32, eta=0.0):
+                generator=None, net_dtype=torch.float32, renoise=0.0):
     """Integrate the ODE for the target latents. context: (B, C, D) normalised clean latents
     (C may be 0) with context_valid (B, C); target_valid (B, N). Returns (B, N, D) latents.
     A self_cond DiT gets, at every evaluation, each pass's own previous clean estimate (zeros at
-    the first), as in training. eta > 0: stochastic steps (see integrate)."""
+    the first), as in training. renoise > 0: stochastic steps (see integrate)."""
     B, C, D = context.shape
     N = target_valid.shape[1]
     noise = torch.randn(B, N, D, generator=generator, device=context.device, dtype=torch.float64)
@@ -111,26 +111,26 @@ def sample_flow(dit, context, context_valid, target_valid, steps=50, solver='eul
             estimate[:passes, C:] = new[:, C:]   # none for the (clean) context
         return v[:, C:]
 
-    return integrate(velocity, noise.to(ode_dtype), times, solver, eta, generator)
+    return integrate(velocity, noise.to(ode_dtype), times, solver, renoise, generator)
 
 
-def integrate(velocity, x, times, solver='euler', eta=0.0, generator=None):
+def integrate(velocity, x, times, solver='euler', renoise=0.0, generator=None):
     """Integrate dx/dt = velocity(x, t) over the time grid `times` (fp64, 0 -> 1).
-    eta > 0 (Euler only): stochastic steps, DDIM's eta. On the straight path x_t = t x1 + (1 - t) x0
-    the velocity gives both estimates, x1 = x_t + (1 - t) v and x0 = x_t - t v, and an Euler step
-    is exactly x' = t' x1 + (1 - t') x0. The stochastic step swaps part of x0 for fresh noise:
-    x' = t' x1 + (1 - t') (sqrt(1 - s^2) x0 + s z), s = eta sqrt(1 - r^2), r = t (1 - t') / (t' (1 - t)),
-    so eta = 1 is DDPM's ancestral step, and later steps can revise what earlier ones chose."""
+    renoise > 0 (Euler only): stochastic steps. On the straight path x_t = t x1 + (1 - t) x0 the
+    velocity gives both estimates, x1 = x_t + (1 - t) v and x0 = x_t - t v, and an Euler step is
+    exactly x' = t' x1 + (1 - t') x0. A stochastic step swaps that share of x0 for fresh noise z:
+    x' = t' x1 + (1 - t') (sqrt(1 - renoise^2) x0 + renoise z). renoise = 1 re-noises the clean
+    estimate at every step, so each step can revise what the last one chose; it concentrates the
+    samples (a lower temperature), unlike the ODE, which keeps the data's spread."""
     for t0, t1 in zip(times[:-1].tolist(), times[1:].tolist()):
         v0 = velocity(x, t0)
         if solver == 'heun':
             v1 = velocity(x + (t1 - t0) * v0, t1)
             x = x + (t1 - t0) * 0.5 * (v0 + v1)
-        elif eta > 0:
+        elif renoise > 0:
             x1, x0 = x + (1 - t0) * v0, x - t0 * v0
-            s = eta * (1 - (t0 * (1 - t1) / (t1 * (1 - t0))) ** 2) ** 0.5
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float64).to(x.dtype)
-            x = t1 * x1 + (1 - t1) * ((1 - s ** 2) ** 0.5 * x0 + s * z)
+            x = t1 * x1 + (1 - t1) * ((1 - renoise ** 2) ** 0.5 * x0 + renoise * z)
         else:
             x = x + (t1 - t0) * v0
     return x
@@ -200,7 +200,7 @@ class FullPrefix:
 @torch.no_grad()
 def sample_blocks(dit, context, context_valid, max_new_tokens, steps=16, solver='euler', cfg_scale=7.0,
                   guidance_interval=(0.0, 1.0), grid='uniform', std=1.5, ode_dtype=torch.float64,
-                  generator=None, net_dtype=torch.float32, use_cache=True, on_block=None, eta=0.0):
+                  generator=None, net_dtype=torch.float32, use_cache=True, on_block=None, renoise=0.0):
     """Cola: the target latents block by block (dit.config.latent_block tokens each; the last may
     be shorter), each integrated from noise in `steps` ODE steps given the clean blocks before it.
     With CFG the unconditional pass sees the generated blocks but not the prompt. context: (B, C, D)
@@ -223,7 +223,7 @@ def sample_blocks(dit, context, context_valid, max_new_tokens, steps=16, solver=
     for start in range(0, max_new_tokens, dit.config.latent_block):
         n = min(dit.config.latent_block, max_new_tokens - start)
         noise = torch.randn(B, n, D, generator=generator, device=context.device, dtype=torch.float64)
-        blocks.append(integrate(velocity, noise.to(ode_dtype), times, solver, eta, generator))
+        blocks.append(integrate(velocity, noise.to(ode_dtype), times, solver, renoise, generator))
         stop = on_block is not None and on_block(torch.cat(blocks, dim=1))
         if stop or start + n == max_new_tokens:
             break
@@ -312,7 +312,7 @@ def load_textldm(dit_path, device):
     return dit.to(device), space
 
 
-def check_flow_keys(solver, time_grid, ode_dtype, eta):
+def check_flow_keys(solver, time_grid, ode_dtype, renoise):
     """The sampler's keys, checked before any work (sample.py and eval.py)."""
     if solver not in ('euler', 'heun'):
         raise common.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")
@@ -320,8 +320,8 @@ def check_flow_keys(solver, time_grid, ode_dtype, eta):
         raise common.ConfigError(f"time_grid={time_grid!r}: 'uniform' or 'logit_normal'")
     if ode_dtype not in ('float32', 'float64'):
         raise common.ConfigError(f"ode_dtype={ode_dtype!r}: 'float32' or 'float64'")
-    if not 0 <= eta <= 1 or (eta and solver != 'euler'):
-        raise common.ConfigError(f"eta={eta}: stochastic steps take 0 <= eta <= 1, with solver='euler'")
+    if not 0 <= renoise <= 1 or (renoise and solver != 'euler'):
+        raise common.ConfigError(f"renoise={renoise}: stochastic steps take 0 <= renoise <= 1, with solver='euler'")
 
 
 def check_lengths(prompt_len, new_tokens, limits):
@@ -342,14 +342,14 @@ def main():
     generator = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)
     if model == 'textldm':
-        check_flow_keys(solver, time_grid, ode_dtype, eta)
+        check_flow_keys(solver, time_grid, ode_dtype, renoise)
         dit, space = load_textldm(dit_path, device)
         vocab, prompt_ids = space.vocab, space.vocab.encode(text).tolist()
         check_lengths(len(prompt_ids), max_new_tokens, [('DiT', dit.config.block_size)])
         check_lengths(len(prompt_ids), 0, [('VAE', space.block_size)])
         flow = dict(steps=steps, solver=solver, cfg_scale=cfg_scale, grid=time_grid, std=logit_normal_std,
                     guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype),
-                    eta=eta)
+                    renoise=renoise)
         if dit.config.latent_block:   # a Cola DiT: block by block, sample 0 printed as it comes
             print(f"Cola, blocks of {dit.config.latent_block} latents; sample 0 as decoded:\n{text}", end='')
             stream = lambda new: print(vocab.decode(new[0]), end='', flush=True)

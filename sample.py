@@ -4,7 +4,8 @@ Continue a prompt (or generate from nothing) with TextLDM or with the GPT baseli
 TextLDM: encode the prompt with the VAE, draw Gaussian noise for the whole continuation,
 integrate the flow ODE from t = 0 (noise) to t = 1 (data) with the DiT's velocity (Euler or
 Heun, classifier-free guidance; or stochastic Euler steps, renoise > 0), then decode every token
-in parallel with the VAE and cut at the first <|endoftext|>. The number of network evaluations does not grow with the length.
+in parallel with the VAE and cut at the first <|endoftext|>. The number of network evaluations
+does not grow with the length.
 
     python sample.py config/tiny.py --prompt="Mia had 3 apples." --num_samples=4
     python sample.py config/tiny.py --model=gpt --prompt="FILE:prompt.txt" --out=samples.jsonl

@@ -196,15 +196,20 @@ def generation_inputs(C=5, B=2):
     return context, context_valid
 
 
-@pytest.mark.parametrize('C, cfg_scale, solver', [(5, 7.0, 'euler'), (0, 1.0, 'heun'), (5, 3.0, 'heun')])
-def test_cached_generation_equals_uncached(C, cfg_scale, solver):
+@pytest.mark.parametrize('C, cfg_scale, solver, renoise', [(5, 7.0, 'euler', 0.0), (0, 1.0, 'heun', 0.0),
+                                                        (5, 3.0, 'heun', 0.0), (5, 3.0, 'euler', 1.0)])
+def test_cached_generation_equals_uncached(C, cfg_scale, solver, renoise):
     dit = tiny_dit(latent_block=3)
     context, context_valid = generation_inputs(C)
     runs = [sample.sample_blocks(dit, context, context_valid, 8, steps=3, solver=solver, cfg_scale=cfg_scale,
                                  generator=torch.Generator().manual_seed(0), net_dtype=torch.float64,
-                                 use_cache=use_cache) for use_cache in (True, False)]
+                                 use_cache=use_cache, renoise=renoise) for use_cache in (True, False)]
     assert runs[0].shape == (2, 8, D)   # blocks of 3, 3 and a last one of 2
     assert (runs[0] - runs[1]).abs().max() < 1e-10
+    if renoise:   # stochastic steps do reach the blocks' integration
+        ode = sample.sample_blocks(dit, context, context_valid, 8, steps=3, solver=solver, cfg_scale=cfg_scale,
+                                   generator=torch.Generator().manual_seed(0), net_dtype=torch.float64)
+        assert (runs[0] - ode).abs().max() > 1e-3
 
 
 def test_cache_grows_only_on_commit():

@@ -236,6 +236,8 @@ def test_eval_end_to_end(pipeline):
     (['--model=bert'], "is not textldm[:PATH], gpt[:PATH] or hf:NAME_OR_FOLDER"),
     (['--eval_set=wikitext'], "eval_set='wikitext'"),
     (['--num_docs=many'], "num_docs='many' has type str"),
+    (['--renoise=2.0'], "renoise=2.0: stochastic steps take 0 <= renoise <= 1"),
+    (['--time_grid=cosine'], "time_grid='cosine'"),
 ])
 def test_bad_inputs_fail_with_a_clear_message(argv, message, tmp_path):
     result = helpers.run_script('eval.py', '--device=cpu', f'--out_dir={tmp_path}', *argv, check=False)

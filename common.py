@@ -237,6 +237,9 @@ class Dist:
 
     def close(self):
         if self.ddp:
+            # every rank reaches here before any tears down: a gloo rank torn down while its peer
+            # is still connected (rank 0 writing its export) aborts with 'terminate called'
+            dist.barrier()
             dist.destroy_process_group()
 
 

@@ -465,7 +465,8 @@ def check(prompt, continuation):
 
 def check_many(pairs):
     """Aggregate check() over (prompt, continuation) pairs: summed counts, rates over all
-    sentences, the mean per-sample score and the fraction of samples scored 1.0 ('perfect')."""
+    sentences, the mean per-sample score, the fraction of samples with no ill-formed sentence
+    ('all_parse') and the fraction scored 1.0 ('perfect')."""
     results = [check(prompt, continuation) for prompt, continuation in pairs]
     total = {key: sum(r[key] for r in results)
              for key in ('sentences', 'well_formed', 'consistent', 'fragment', 'prompt_errors')}
@@ -474,5 +475,6 @@ def check_many(pairs):
                  grammar=total['well_formed'] / max(total['sentences'], 1),
                  consistency=total['consistent'] / max(total['well_formed'], 1),
                  score=sum(r['score'] for r in results) / n,
+                all_parse=sum(r['well_formed'] == r['sentences'] for r in results) / n,
                  perfect=sum(r['score'] == 1.0 for r in results) / n)
     return total

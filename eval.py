@@ -379,7 +379,7 @@ def unconditional_metrics(samples, judge_lm):
 
 def checker_rates(prompts, continuations):
     checked = corpus.check_many(list(zip(prompts, continuations)))
-    return {f'check_{k}': checked[k] for k in ('grammar', 'consistency', 'score', 'perfect')}
+    return {f'check_{k}': checked[k] for k in ('grammar', 'all_parse', 'consistency', 'score', 'perfect')}
 
 
 def continuation_metrics(continuations, references, prompts):
@@ -405,9 +405,10 @@ def recon_accuracy(space, data, batches, rng):
 
 
 COLUMNS = [('rouge1', 'R-1', 100), ('rouge2', 'R-2', 100), ('rougeL', 'R-L', 100), ('bertscore', 'BERTScore', 100),
-           ('mauve', 'MAUVE', 100), ('check_grammar', 'grammar %', 100), ('check_consistency', 'consistent %', 100),
-           ('check_score', 'check score %', 100), ('gen_ppl', 'gen-PPL', 1), ('entropy', 'entropy', 1),
-           ('uncond_empty', 'empty %', 100), ('vae_recon_acc', 'VAE recon %', 100)]
+           ('mauve', 'MAUVE', 100), ('check_grammar', 'grammar %', 100), ('check_all_parse', 'all parse %', 100),
+           ('check_consistency', 'consistent %', 100), ('check_score', 'check score %', 100),
+           ('gen_ppl', 'gen-PPL', 1), ('entropy', 'entropy', 1), ('uncond_empty', 'empty %', 100),
+           ('vae_recon_acc', 'VAE recon %', 100)]
 
 
 def markdown_table(rows):

@@ -90,6 +90,7 @@ def test_checker_scores_clean_held_out_stories_100_percent():
     result = corpus.check_many(pairs)
     assert result['samples'] == len(pairs) > 5000
     assert result['grammar'] == result['consistency'] == result['score'] == result['perfect'] == 1.0
+    assert result['all_parse'] == 1.0
     assert result['prompt_errors'] == result['fragment'] == 0
 
 
@@ -168,6 +169,18 @@ def test_one_wrong_fact_is_counted_once():
     prompt = 'Once upon a time, there was a girl named Mia who had 3 apples.'
     result = corpus.check(prompt, ' Now she had 5 apples. She ate 1 of her apples. In the end, Mia had 4 apples.')
     assert (result['sentences'], result['consistent']) == (3, 2)
+
+
+def test_check_many_rates_over_sentences_and_over_samples():
+    prompt = 'Once upon a time, there was a girl named Mia who had 3 apples.'
+    pairs = [(prompt, ' She went to the park. Mia went to the the beach.'),  # 1 of 2 parse
+             (prompt, ' She went to the park. Now she had 4 apples.'),       # both parse, 1 wrong fact
+             (prompt, ' She went to the park.')]                             # perfect
+    result = corpus.check_many(pairs)
+    assert (result['sentences'], result['well_formed'], result['consistent']) == (5, 4, 3)
+    assert result['grammar'] == 4 / 5 and result['consistency'] == 3 / 4
+    assert result['all_parse'] == 2 / 3 and result['perfect'] == 1 / 3
+    assert result['score'] == (1 / 2 + 1 / 2 + 1) / 3
 
 
 @pytest.mark.parametrize('kind', ['count', 'pronoun', 'name'])

@@ -218,7 +218,7 @@ def test_eval_end_to_end(pipeline):
         saved = json.load(f)
     assert list(saved['rows']) == ['data', 'textldm', 'gpt', 'export']
     assert saved['max_doc_tokens'] == 32 and saved['uncond_length'] == 31 and saved['num_docs'] == 12
-    assert saved['rows']['data']['check_score'] == 1.0  # the true remainders pass the checker
+    assert saved['rows']['data']['check_score'] == saved['rows']['data']['check_all_parse'] == 1.0  # the true remainders pass
     for label in ('textldm', 'gpt', 'export'):
         row = saved['rows'][label]
         for key in ('rouge1', 'rouge2', 'rougeL', 'bertscore', 'mauve', 'check_grammar', 'gen_ppl', 'entropy'):
@@ -228,6 +228,7 @@ def test_eval_end_to_end(pipeline):
         records = [json.loads(line) for line in f]
     assert len(records) == 3 * (12 + 4)
     assert '| model | R-1 | R-2 | R-L | BERTScore | MAUVE |' in result.stdout
+    assert '| grammar % | all parse % | consistent % |' in result.stdout
     assert '| textldm |' in result.stdout and '| export |' in result.stdout
 
 

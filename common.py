@@ -219,12 +219,19 @@ class Dist:
             if device.startswith('cuda'):
                 self.device = f'cuda:{self.local_rank}'
                 torch.cuda.set_device(self.device)
-            dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
+                # bound to its GPU: NCCL's collectives and barrier then know which device is ours
+                dist.init_process_group(backend='nccl', device_id=torch.device(self.device))
+            else:
+                dist.init_process_group(backend='gloo')
         self.master = self.rank == 0
         self.device_type = 'cuda' if self.device.startswith('cuda') else 'cpu'
         if self.device_type == 'cuda':
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
             torch.backends.cudnn.allow_tf32 = True
+
+    # Every collective of the project goes through the three methods below (a test checks that
+    # no other code calls torch.distributed), and each puts its tensor on self.device: NCCL takes
+    # CUDA tensors only, and gloo on a CPU test run would not notice a CPU tensor in a GPU run.
 
     def all_reduce_sum(self, values):
         """Sum a dict of floats over ranks (evaluation metrics and their counts)."""
@@ -234,6 +241,23 @@ class Dist:
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return dict(zip(keys, t.tolist()))
+
+    def any(self, flag):
+        """True on every rank if `flag` (a bool or a 0-d tensor, on any device) is true on any rank."""
+        if not self.ddp:
+            return bool(flag)
+        t = torch.as_tensor(flag).to(device=self.device, dtype=torch.int32)  # gloo cannot reduce bools
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t)
+
+    def gather(self, obj):
+        """[obj of rank 0, obj of rank 1, ...] on every rank (per-rank RNG states, pending batches).
+        Pickled objects travel through tensors on the current CUDA device under NCCL (set above)."""
+        if not self.ddp:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
 
     def close(self):
         if self.ddp:
@@ -507,7 +531,7 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
     wandb = init_wandb(cfg, stage) if dist_.master else None
 
     def save():
-        states = gather(dist_, rng_state(data_streams)), gather(dist_, batch)
+        states = dist_.gather(rng_state(data_streams)), dist_.gather(batch)
         if dist_.master:
             save_atomic({'model': raw.state_dict(), 'optimizer': optimizer.state_dict(),
                          'scaler': scaler.state_dict(), 'ema': ema[0].state_dict() if ema else None,
@@ -527,10 +551,10 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
 
         # Evaluate and checkpoint (not again at the iteration we resumed from: it is on disk).
         if (iter_num % cfg['eval_interval'] == 0 or iter_num == cfg['max_iters']) and iter_num != resumed_at:
-            check_finite(nonfinite, iter_num, ckpt_path)
+            check_finite(dist_, nonfinite, iter_num, ckpt_path)
             metrics = evaluate(raw, val_batches, dist_, dtype, cfg['seed'])
             # the last step's update can break the weights after its (finite) loss was taken
-            check_finite(not math.isfinite(metrics['val_loss']), iter_num, ckpt_path)
+            check_finite(dist_, not math.isfinite(metrics['val_loss']), iter_num, ckpt_path)
             best_val_loss = min(best_val_loss, metrics['val_loss'])
             if dist_.master:
                 record = {'iter': iter_num, **{k: round(v, 6) for k, v in metrics.items()}}
@@ -563,7 +587,7 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
 
         iter_num, steps = iter_num + 1, steps + 1
         if iter_num % cfg['log_interval'] == 0:
-            check_finite(nonfinite, iter_num, ckpt_path)
+            check_finite(dist_, nonfinite, iter_num, ckpt_path)
             dt = time.time() - t0
             tok_s = tokens_per_iter * steps / dt
             mfu = f" mfu {100 * flops_per_token * tok_s / (peak * dist_.world_size):.1f}%" if peak else ''
@@ -582,23 +606,10 @@ def print0(dist_, *args):
         print(*args, flush=True)
 
 
-def gather(dist_, obj):
-    """[obj of rank 0, obj of rank 1, ...] on every rank (per-rank RNG states, pending batches)."""
-    if not dist_.ddp:
-        return [obj]
-    out = [None] * dist_.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def check_finite(nonfinite, iter_num, ckpt_path):
+def check_finite(dist_, nonfinite, iter_num, ckpt_path):
     """Stop on a NaN/inf loss before anything is saved, so the last good checkpoint stays.
     Every rank learns of a NaN seen by any of them, so all stop together."""
-    if dist.is_initialized():
-        flag = torch.as_tensor(nonfinite, dtype=torch.int32, device=nonfinite.device if torch.is_tensor(nonfinite) else 'cpu')  # gloo cannot reduce bools
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        nonfinite = flag
-    if bool(nonfinite):
+    if dist_.any(nonfinite):
         raise SystemExit(f"loss became NaN or inf before iter {iter_num}; stopping. The last good "
                          f"checkpoint ({ckpt_path}, if any) is untouched: lower learning_rate or "
                          f"use bfloat16/float32, then resume")

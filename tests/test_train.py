@@ -247,6 +247,70 @@ def test_ddp_two_ranks_match_one_process(data_dir, tmp_path):
     assert m_one[-1]['val_loss'] < m_one[0]['val_loss'] - 0.1
 
 
+# NCCL takes tensors on the GPU only; gloo, which the CPU tests run on, takes any device, so a
+# CPU tensor in a collective passes here and stops a GPU run at its first evaluation. Two checks
+# close that gap: every collective of the project is a method of common.Dist (read from the
+# source), and each of those methods hands torch.distributed a tensor on the configured device
+# (a Dist configured for the 'meta' device, which no tensor reaches by accident).
+COLLECTIVES = {'all_reduce', 'all_gather', 'all_gather_object', 'all_gather_into_tensor', 'all_to_all',
+               'all_to_all_single', 'barrier', 'monitored_barrier', 'broadcast', 'broadcast_object_list',
+               'reduce', 'reduce_scatter', 'reduce_scatter_tensor', 'gather', 'gather_object', 'scatter',
+               'scatter_object_list', 'send', 'recv', 'isend', 'irecv'}
+
+
+def collective_calls(path):
+    """(enclosing class or None, name) of each call torch.distributed.NAME / dist.NAME in a file."""
+    import ast
+    tree = ast.parse(open(path).read())
+    imported_as = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for a in node.names if a.name == 'torch.distributed'}
+    found = []
+
+    def visit(node, cls):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, child.name)
+                continue
+            if isinstance(child, ast.ImportFrom) and child.module == 'torch.distributed':
+                found.extend((cls, a.name) for a in child.names if a.name in COLLECTIVES)
+            if isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute) and child.func.attr in COLLECTIVES:
+                owner = ast.unparse(child.func.value)
+                if owner in imported_as or owner == 'torch.distributed':
+                    found.append((cls, child.func.attr))
+            visit(child, cls)
+    visit(tree, None)
+    return found
+
+
+def test_every_collective_is_a_method_of_dist():
+    sources = [f for f in os.listdir(helpers.ROOT) if f.endswith('.py')]
+    calls = {f: collective_calls(os.path.join(helpers.ROOT, f)) for f in sources}
+    assert {name for _, name in calls['common.py']} >= {'all_reduce', 'all_gather_object', 'barrier'}
+    outside = {f: c for f, c in calls.items() if any(cls != 'Dist' or f != 'common.py' for cls, _ in c)}
+    assert not outside, f"collectives outside common.Dist: {outside}"
+
+
+def test_collectives_receive_tensors_on_the_configured_device(monkeypatch):
+    class Handed(Exception):  # a meta tensor has no value: stop once the device is seen
+        pass
+    devices = []
+
+    def all_reduce(tensor, *args, **kwargs):
+        devices.append(tensor.device)
+        raise Handed
+    monkeypatch.setattr(torch.distributed, 'all_reduce', all_reduce)
+    dist_ = common.Dist('cpu')                    # a single process...
+    dist_.ddp, dist_.world_size, dist_.device = True, 2, 'meta'  # ...configured as a rank of two
+    calls = [lambda: dist_.all_reduce_sum({'loss': 1.0, 'count': 2.0}),
+             lambda: dist_.any(True), lambda: dist_.any(torch.zeros((), dtype=torch.bool)),
+             lambda: common.check_finite(dist_, False, 10, 'ckpt.pt'),   # the validation loss's flag
+             lambda: common.check_finite(dist_, torch.ones((), dtype=torch.bool), 10, 'ckpt.pt')]
+    for call in calls:
+        with pytest.raises(Handed):
+            call()
+    assert devices == [torch.device('meta')] * len(calls)
+
+
 # -----------------------------------------------------------------------------
 # 5. A NaN loss stops the run and keeps the last good checkpoint
 

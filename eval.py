@@ -12,11 +12,11 @@ those between 40% and 60% of the length. Each model continues the prompt by as m
 tokens as the true remainder has (a model with another tokenizer samples as many of its own and
 is cut to that) and is scored against the remainder: ROUGE-1/2/L F1, BERTScore F1 (no IDF, no
 rescaling), MAUVE (remainders against continuations), on the embedded corpus its checker.
-Unconditional: `num_uncond` samples of `uncond_length` tokens, each continuing a lone
-<|endoftext|> (a document from its start: what GPT-2 does from nothing, and for TextLDM, whose
-windows start anywhere, the same start), scored by generative perplexity under the `judge` LM,
-always with the unigram entropy. The 'data' row scores real documents cut to that length, and
-the true remainders: the reference.
+Unconditional: `num_uncond` samples of `uncond_length` tokens from an empty prompt: an
+autoregressive model continues a lone <|endoftext|> (a document from its start, what GPT-2 does
+from nothing), TextLDM takes its dropped-context path (the one classifier-free guidance
+trained); scored by generative perplexity under the `judge` LM, always with the unigram entropy.
+The 'data' row scores real documents cut to that length, and the true remainders: the reference.
 
 End-of-text policy, the same for every model: a model generates the requested number of tokens
 and its text is cut at the first <|endoftext|>. A sample cut there has *ended*: the judge scores
@@ -429,7 +429,7 @@ def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_
     torch.manual_seed(seed)  # every model draws from the same seeds, whatever ran before it
     with common.autocast('cuda' if device.startswith('cuda') else 'cpu', dtype):
         continuations = [common.decode(ids) for ids, _ in cand['generate'](prompts, [len(r) for r in remainders], generator)]
-        uncond = cand['generate']([[common.EOT]] * num_uncond, [length] * num_uncond, generator) if num_uncond else []
+        uncond = cand['generate']([[]] * num_uncond, [length] * num_uncond, generator) if num_uncond else []
     print(f"{label}: scoring", flush=True)
     row = continuation_metrics(continuations, references, prompt_texts)
     row.update(unconditional_metrics(uncond, judge_lm) if uncond else {})

@@ -622,7 +622,7 @@ def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None,
     x_data: (B, L, D) clean latents (context and target); t: (B,) time of each row's target,
     or (B, L) one per token (Cola: one per target block); is_target: (B, L) bool, the noised
     positions. Other positions stay clean (t = 1); the loss is the mean squared error of the
-    velocity x_data - noise over the noised positions only, in fp32.
+    velocity x_data - noise over the valid noised positions only, in fp32.
     role: the DiT's is_target input when it differs (Cola's clean copies of target blocks are
     targets kept clean); attn_mask and pos go to the DiT.
     self_cond: the first half of the rows (random windows, so a random half) first get the DiT's
@@ -642,7 +642,8 @@ def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None,
         extra['x_self'] = torch.cat([estimate, torch.zeros_like(x_t[h:])]).detach()
     velocity = dit(x_t, times, role, valid, **extra)
     error = (velocity.float() - (x_data - noise).float()).pow(2).mean(-1)
-    return (error * is_target).sum() / is_target.sum().clamp(min=1)
+    scored = is_target if valid is None else is_target & valid   # not the padding of a short window
+    return (error * scored).sum() / scored.sum().clamp(min=1)
 
 # -----------------------------------------------------------------------------
 # Cola: the block-causal prior. The target is cut into blocks of `latent_block` tokens, counted
@@ -677,7 +678,7 @@ def block_diffusion_sequence(x, is_target, valid, latent_block, n_noisy):
     B, W, D = x.shape
     cut = (~is_target).sum(dim=1, keepdim=True)   # context length of each row
     j = torch.arange(n_noisy, device=x.device).expand(B, n_noisy)
-    copy_valid = j < W - cut
+    copy_valid = j < (is_target & valid).sum(dim=1, keepdim=True)   # the target's valid tokens
     source = (cut + j).clamp(max=W - 1)   # the clean token each copy slot repeats
     clean_pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)   # as DiT.positions
     clean_block = torch.where(is_target, (torch.arange(W, device=x.device) - cut).div(

@@ -36,6 +36,8 @@ dropout = 0.0
 vae_path = '{out_dir}/vae.pt'
 context_min = 0.0          # the cut point, as a fraction of the window, is uniform in
 context_max = 0.75         # [context_min, context_max]; at least one target token remains
+truncate_prob = 0.5        # share of windows cut to a random length in [2, block_size] first, so the
+                           # DiT sees every prompt + continuation length evaluation asks for
 timestep_sampling = 'logit_normal'  # or 'uniform'
 logit_normal_std = 1.5     # the paper's choice (1.2 and uniform were worse)
 cfg_dropout = 0.1          # probability of dropping the context, for classifier-free guidance
@@ -75,6 +77,13 @@ def pack(context, target, cut):
     return packed, is_target
 
 
+def packed_valid(is_target, length, drop_context):
+    """(B, W) bool: the positions of packed rows that are tokens, not padding. A row holds
+    `length` tokens (a window cut short is padded after them), and a dropped context is padding."""
+    in_window = torch.arange(is_target.shape[1], device=is_target.device) < length[:, None]
+    return in_window & (is_target | ~drop_context[:, None])
+
+
 class FlowMatchingObjective(nn.Module):
     """Encode, pack, and score the DiT's velocity on the target positions (model.flow_matching_loss).
     With latent_block > 0 (Cola), every target block gets its own time and is denoised given the
@@ -89,7 +98,7 @@ class FlowMatchingObjective(nn.Module):
     def forward(self, context_idx, context_valid, target_idx, target_valid, cut, drop_context):
         x_data, is_target = pack(self.space.encode(context_idx, context_valid),
                                  self.space.encode(target_idx, target_valid), cut)
-        valid = is_target | ~drop_context[:, None]  # a dropped context is all padding
+        valid = packed_valid(is_target, cut + target_valid.sum(1), drop_context)
         if self.latent_block:
             n_blocks = -(-self.n_noisy // self.latent_block)
             times = sample_timesteps(len(cut) * n_blocks, cut.device).view(len(cut), n_blocks)
@@ -100,14 +109,20 @@ class FlowMatchingObjective(nn.Module):
 
 
 def batch_fn(split, rng):
-    """Windows cut at a random point: context tokens at the start of one row, target tokens at
-    the start of another (each is encoded on its own), plus the cut and the context-drop flags."""
+    """Windows, a share of them cut short, each cut at a random point: context tokens at the
+    start of one row, target tokens at the start of another (each is encoded on its own), plus
+    the cut and the context-drop flags. Tokens past a window's length are padding."""
     window = data.windows(split, batch_size, block_size, rng)
-    lo, hi = int(context_min * block_size), min(int(context_max * block_size), block_size - 1)
-    cut = rng.integers(lo, hi + 1, size=batch_size)
+    length = np.full(batch_size, block_size)
+    if truncate_prob:  # drawn only when asked for: truncate_prob=0 keeps the data stream as it was
+        length = np.where(rng.random(batch_size) < truncate_prob,
+                          rng.integers(2, block_size + 1, size=batch_size), block_size)
+    lo = (context_min * length).astype(np.int64)
+    hi = np.minimum((context_max * length).astype(np.int64), length - 1)
+    cut = rng.integers(lo, hi + 1)
     pos = np.arange(block_size)[None, :]
     context_valid = pos < cut[:, None]
-    target_valid = pos < (block_size - cut)[:, None]
+    target_valid = pos < (length - cut)[:, None]
     shifted = np.take_along_axis(window, np.minimum(pos + cut[:, None], block_size - 1), axis=1)
     eot = data.vocab.eot
     drop = rng.random(batch_size) < cfg_dropout

@@ -14,6 +14,7 @@ import runpy
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -282,6 +283,18 @@ def manual_euler(dit, context, context_valid, target_valid, steps, generator, sc
     return x[:, C:]
 
 
+def test_an_empty_prompt_is_the_dropped_context_path():
+    """Training drops a context by marking it padding; sampling from an empty prompt gives the
+    same velocities, so an unconditional sample is what classifier-free guidance trained."""
+    dit = perturbed_dit()
+    context, _, target_valid = context_batch()
+    dropped = torch.zeros(context.shape[:2], dtype=torch.bool)
+    runs = [sample.sample_flow(dit, c, v, target_valid, steps=3, cfg_scale=1.0,
+                               generator=torch.Generator().manual_seed(0))
+            for c, v in ((context, dropped), (context[:, :0], dropped[:, :0]))]
+    assert torch.allclose(runs[0], runs[1], atol=1e-6)
+
+
 def test_cfg_scale_one_is_the_conditional_model():
     dit = perturbed_dit()
     context, context_valid, target_valid = context_batch()
@@ -359,6 +372,64 @@ def test_pack_puts_context_then_target():
     for b, c in enumerate(cut.tolist()):
         assert torch.equal(packed[b], torch.cat([context[b, :c], target[b, :W - c]]))
         assert is_target[b].tolist() == [i >= c for i in range(W)]
+
+
+class WindowStub:
+    """data.windows() of train_dit.py: token i of every row is i (so a shift is visible)."""
+    class vocab:
+        eot = -1
+
+    @staticmethod
+    def windows(split, batch_size, length, rng):
+        return np.tile(np.arange(length), (batch_size, 1))
+
+
+def dit_batch_fn(**keys):
+    ns = dict(np=np, torch=torch, data=WindowStub, batch_size=4000, block_size=64, truncate_prob=0.5,
+              context_min=0.0, context_max=0.75, cfg_dropout=0.1)
+    return script_function('train_dit.py', 'batch_fn', {**ns, **keys})
+
+
+def test_training_windows_of_every_length():
+    """Evaluation continues prompts of every length by continuations of every length (LM1B
+    sentences are ~30 tokens): the DiT trains on windows cut short as well as full ones."""
+    context, context_valid, target, target_valid, cut, drop = dit_batch_fn()('train', np.random.default_rng(0))
+    length = (cut + target_valid.sum(1)).numpy()
+    assert set(length) == set(range(2, 65))                 # every length from 2 to block_size...
+    assert 0.45 < (length == 64).mean() < 0.6              # ...and about half the windows whole
+    assert (target_valid.sum(1) >= 1).all() and (cut.numpy() <= 0.75 * length).all()
+    for b in range(5):  # the context is the window's start, the target what follows it, then padding
+        c, n = int(cut[b]), int(length[b])
+        assert context[b, :c].tolist() == list(range(c)) and (context[b, c:] == -1).all()
+        assert target[b, :n - c].tolist() == list(range(c, n)) and (target[b, n - c:] == -1).all()
+    # truncate_prob=0 draws nothing more: the data stream of a run without truncation is unchanged
+    full = dit_batch_fn(truncate_prob=0.0, batch_size=8)('train', np.random.default_rng(1))
+    assert (full[4] + full[3].sum(1) == 64).all()
+    rng = np.random.default_rng(1)
+    assert full[4].tolist() == rng.integers(0, 48 + 1, size=8).tolist()
+
+
+def test_packed_valid_marks_padding_of_short_windows_and_dropped_contexts():
+    packed_valid = script_function('train_dit.py', 'packed_valid', {'torch': torch})
+    is_target = torch.arange(6)[None, :] >= torch.tensor([[2], [2], [0]])
+    valid = packed_valid(is_target, torch.tensor([4, 6, 3]), torch.tensor([False, True, False]))
+    assert valid.int().tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
+
+
+def test_flow_matching_loss_ignores_the_padding_of_a_short_window():
+    """A row of n tokens padded to W scores what the same row of n tokens alone scores."""
+    dit = perturbed_dit(latent_dim=4)
+    torch.manual_seed(3)
+    x, noise = torch.randn(1, 12, 4), torch.randn(1, 12, 4)
+    is_target = torch.arange(12)[None, :] >= 5
+    valid = torch.arange(12)[None, :] < 9                # 5 context, 4 target tokens, 3 padding
+    t = torch.tensor([0.3])
+    padded = flow_matching_loss(dit, x, t, is_target, valid, noise)
+    alone = flow_matching_loss(dit, x[:, :9], t, is_target[:, :9], valid[:, :9], noise[:, :9])
+    assert padded.item() == pytest.approx(alone.item(), rel=1e-5)
+    x2 = x.clone()
+    x2[:, 9:] += 100.0                                   # what the padding holds does not matter
+    assert flow_matching_loss(dit, x2, t, is_target, valid, noise).item() == pytest.approx(padded.item(), rel=1e-5)
 
 
 def test_training_timesteps_follow_the_logit_normal():

@@ -191,6 +191,22 @@ def test_file_eval_sets(tmp_path, monkeypatch):
     assert set(ev.HUB_SETS) == {'wikisource', 'wikipedia', 'tinystories', 'lm1b'}
 
 
+def test_unconditional_samples_start_from_an_empty_prompt(monkeypatch):
+    """Every model gets [] for 'no prompt': TextLDM then takes its dropped-context path (the one
+    classifier-free guidance trained), the autoregressive models start after <|endoftext|>."""
+    calls = []
+
+    def generate(prompts, lengths, generator):
+        calls.append((prompts, lengths))
+        return [([5, 6], False) for _ in prompts]
+    monkeypatch.setattr(ev, 'num_uncond', 3)
+    monkeypatch.setattr(ev, 'continuation_metrics', lambda *a: {})
+    monkeypatch.setattr(ev, 'unconditional_metrics', lambda samples, judge: {'n': len(samples)})
+    cand = dict(label='m', space=None, generate=generate)
+    row, _ = ev.evaluate(cand, [[1, 2]], [[3]], ['a'], ['b'], 7, None)
+    assert calls[1] == ([[], [], []], [7, 7, 7]) and row['n'] == 3
+
+
 def test_markdown_table():
     table = ev.markdown_table({'data': {'entropy': 3.2}, 'gpt': {'rouge1': 0.25, 'gen_ppl': 12.345, 'entropy': 3.0}})
     lines = table.splitlines()

@@ -333,7 +333,7 @@ class TokenData:
     per call (nanoGPT's fix for a memory leak) and checks meta.json, so data of another
     tokenizer is refused."""
 
-    def __init__(self, data_dir, compact_vocab=False, vocab=None):
+    def __init__(self, data_dir, compact_vocab=False, vocab=None, vocab_of='the model'):
         meta_path = os.path.join(data_dir, 'meta.json')
         if not os.path.isfile(meta_path):
             raise SystemExit(f"no prepared data in '{data_dir}' (missing meta.json): "
@@ -344,8 +344,15 @@ class TokenData:
             raise SystemExit(f"{meta_path}: data tokenized with {self.meta.get('tokenizer')!r} "
                              f"(vocab {self.meta.get('vocab_size')}); this project needs 'gpt2' (50257)")
         self.data_dir = data_dir
-        # a later stage passes the vocabulary its VAE was trained with
+        # a later stage passes the vocabulary its VAE was trained with (`vocab_of` names it)
         self.vocab = vocab or Vocab(self._ids_in_data() if compact_vocab else None)
+        if vocab is not None and vocab.ids is not None:
+            missing = np.setdiff1d(self._ids_in_data(), vocab.ids)
+            if len(missing):  # else a token it never saw would stop the run mid-training
+                raise SystemExit(f"data_dir={data_dir!r} holds {len(missing)} token ids that {vocab_of} "
+                                 f"does not know (its compact vocabulary has the {vocab.size} tokens of "
+                                 f"its own training data), e.g. {decode(missing[:5])!r}: use its data_dir, "
+                                 f"or train it on this data")
 
     def _memmap(self, split):
         path = os.path.join(self.data_dir, f'{split}.bin')
@@ -447,6 +454,16 @@ TRAIN_DEFAULTS = dict(  # the keys train() reads; stage scripts copy these into 
     wandb_log=False, wandb_project='textldm', wandb_run_name='run')
 
 
+def check_batch_split(cfg, world_size=None):
+    """The global batch and the validation batches must split evenly across the ranks. Scripts
+    call this first, before any model or teacher is loaded: world_size is torchrun's."""
+    world_size = world_size or int(os.environ.get('WORLD_SIZE', 1))
+    for key in ('gradient_accumulation_steps', 'eval_iters'):
+        if cfg[key] < 1 or cfg[key] % world_size:
+            raise ConfigError(f"{key}={cfg[key]} must be a positive multiple of the {world_size} ranks "
+                              f"(the global batch is split across them)")
+
+
 @torch.no_grad()
 def evaluate(objective, val_batches, dist_, dtype, seed):
     """Mean of each metric over the fixed validation batches. Torch's RNG is forked and seeded,
@@ -482,13 +499,8 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
     out_dir, device, dtype = cfg['out_dir'], dist_.device, cfg['dtype']
     ckpt_path = os.path.join(out_dir, f'{stage}.pt')
     metrics_path = os.path.join(out_dir, f'{stage}_metrics.jsonl')
-    accum = cfg['gradient_accumulation_steps']
-    if accum % dist_.world_size:
-        raise ConfigError(f"gradient_accumulation_steps={accum} must be divisible by the "
-                          f"{dist_.world_size} ranks")
-    accum //= dist_.world_size  # the global count is split across ranks
-    if cfg['eval_iters'] % dist_.world_size:
-        raise ConfigError(f"eval_iters={cfg['eval_iters']} must be divisible by the {dist_.world_size} ranks")
+    check_batch_split(cfg, dist_.world_size)
+    accum = cfg['gradient_accumulation_steps'] // dist_.world_size  # the global count is split across ranks
     if dist_.master:
         os.makedirs(out_dir, exist_ok=True)
 
@@ -733,12 +745,17 @@ class LatentSpace:
         self.latent_dim, self.block_size = vae.config.latent_dim, vae.config.block_size
 
     @classmethod
-    def load(cls, vae_path, device):
-        """The latent space of a finished train_vae.py run (vae.pt with its latent statistics)."""
+    def load(cls, vae_path, device='cpu'):
+        """The latent space of a finished train_vae.py run (vae.pt with its latent statistics).
+        Callers check it on the CPU against their data and DiT, then move it with .to(device)."""
         vae, vocab, ckpt = load_model(vae_path, 'vae')
         if 'latent_mean' not in ckpt:
             raise SystemExit(f"{vae_path} has no latent statistics: it is not a finished train_vae.py run")
         return cls(vae.to(device), ckpt['latent_mean'], ckpt['latent_std'], vocab)
+
+    def to(self, device):
+        self.vae, self.mean, self.std = self.vae.to(device), self.mean.to(device), self.std.to(device)
+        return self
 
     @torch.no_grad()
     def encode(self, idx, valid=None):

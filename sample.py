@@ -304,13 +304,18 @@ def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, 
 
 
 def load_textldm(dit_path, device):
-    """(EMA DiT, LatentSpace) with the checks that a DiT and its VAE belong together."""
+    """(EMA DiT, LatentSpace) with the checks that a DiT and its VAE belong together, made on
+    the CPU before either is moved to `device`."""
     dit, _, ckpt = common.load_model(dit_path, 'dit', ema=True)
-    space = common.LatentSpace.load(ckpt['model_args']['vae_path'], device)
+    vae_path = ckpt['model_args']['vae_path']
+    space = common.LatentSpace.load(vae_path)
     if dit.config.latent_dim != space.latent_dim:
         raise SystemExit(f"the DiT in {dit_path} was trained on {dit.config.latent_dim}-channel latents, "
-                         f"the VAE {ckpt['model_args']['vae_path']} makes {space.latent_dim}")
-    return dit.to(device), space
+                         f"the VAE {vae_path} makes {space.latent_dim}")
+    if ckpt['model_args'].get('vocab_ids', space.vocab.state()) != space.vocab.state():
+        raise SystemExit(f"the DiT in {dit_path} was trained on latents of another vocabulary than "
+                         f"the VAE now at {vae_path}: was that file replaced?")
+    return dit.to(device), space.to(device)
 
 
 def check_flow_keys(solver, time_grid, ode_dtype, renoise):

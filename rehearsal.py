@@ -45,16 +45,17 @@ SCALES = {
                 iters=4, vae_size='tiny', dit_size='tiny', gpt_size='tiny', projector_dim=32,
                 teacher=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                              num_key_value_heads=2, head_dim=16),
-                stories=1500, teacher_vocab=1000, eval_docs=6, eval_uncond=4, new_tokens=16),
+                stories=1500, teacher_vocab=1000, eval_docs=6, eval_uncond=4, new_tokens=16, bertscore=True),
     # Qwen3-1.7B's shape (28 layers, width 2048); the sizes the paper reports for VAE, DiT and GPT.
     'gpu': dict(nproc=1, device='cuda', dtype='bfloat16', compile=True, block_size=1024, batch_size=16,
-                iters=30, vae_size='paper', dit_size='dit-l', gpt_size='gpt2-large', projector_dim=2048,
+                iters=20, vae_size='paper', dit_size='dit-l', gpt_size='gpt2-large', projector_dim=2048,
                 teacher=dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
                              num_attention_heads=16, num_key_value_heads=8, head_dim=128),
-                stories=40000, teacher_vocab=8000, eval_docs=16, eval_uncond=16, new_tokens=128),
+                stories=40000, teacher_vocab=8000, eval_docs=16, eval_uncond=16, new_tokens=128,
+                bertscore=False),  # BERTScore's encoder is a download away; MAUVE needs 100+ documents
 }
 DRY_RUN = dict(device='cpu', dtype='float32', compile=False, block_size=128, batch_size=1, iters=1,
-               stories=2000, eval_docs=2, eval_uncond=1, new_tokens=8)
+               stories=2000, eval_docs=2, eval_uncond=1, new_tokens=8, steps=2)
 PROMPT = 'Mia was a clever girl who had 3 apples.'
 
 
@@ -191,7 +192,8 @@ def stage_commands(s, paths):
         f"--max_iters={s['iters']}", f"--lr_decay_iters={s['iters']}", f"--warmup_iters={s['iters'] // 4}",
         f"--eval_interval={s['iters']}", f"--log_interval={max(1, s['iters'] // 3)}"]
     minilm = minilm_folder()
-    scores = ['--bertscore=False', '--mauve=False'] if s['device'] != 'cpu' or minilm is None else \
+    steps = [f"--steps={s['steps']}"] if 'steps' in s else []   # sampling steps: the dry run's are few
+    scores = ['--bertscore=False', '--mauve=False'] if not s['bertscore'] or minilm is None else \
         [f'--bertscore_model={minilm}', f'--mauve_featurizer={minilm}']
     hub = {'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': paths['hub']}
     return [
@@ -203,10 +205,10 @@ def stage_commands(s, paths):
         ('dit', torchrun + ['train_dit.py', 'config/owt.py', *train, f"--size={s['dit_size']}"], {}),
         ('gpt', torchrun + ['train_gpt.py', 'config/owt.py', *train, f"--size={s['gpt_size']}"], {}),
         ('sample', py + ['sample.py', 'config/owt.py', *where, *run, f'--prompt={PROMPT}', '--num_samples=2',
-                         f"--max_new_tokens={s['new_tokens']}", f"--out={paths['work']}/samples.jsonl"], {}),
+                         f"--max_new_tokens={s['new_tokens']}", f"--out={paths['work']}/samples.jsonl", *steps], {}),
         ('eval', py + ['eval.py', 'config/owt.py', *where, *run, '--model=textldm,gpt',
                        f"--num_docs={s['eval_docs']}", f"--num_uncond={s['eval_uncond']}",
-                       f"--judge={paths['out']}/gpt_hf", '--recon_batches=2', *scores], hub),
+                       f"--judge={paths['out']}/gpt_hf", '--recon_batches=2', *scores, *steps], hub),
     ]
 
 
@@ -249,13 +251,15 @@ def main():
         if stage not in wanted:
             continue
         print(f"== {stage}: {' '.join(argv[1:])}", flush=True)
-        t0 = time.time()
-        result = subprocess.run(argv, env={**os.environ, **env}, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
-        print(result.stdout, flush=True)
-        if result.returncode:
-            raise SystemExit(f"rehearsal: stage {stage} failed (exit {result.returncode}); its output is above")
-        summary[stage] = dict(seconds=round(time.time() - t0, 1), last_line=last_log_line(result.stdout, stage))
+        t0, lines = time.time(), []
+        with subprocess.Popen(argv, env={**os.environ, 'PYTHONUNBUFFERED': '1', **env}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+            for line in proc.stdout:  # shown as it comes, kept for the summary
+                print(line, end='', flush=True)
+                lines.append(line)
+        if proc.returncode:
+            raise SystemExit(f"rehearsal: stage {stage} failed (exit {proc.returncode}); its output is above")
+        summary[stage] = dict(seconds=round(time.time() - t0, 1), last_line=last_log_line(''.join(lines), stage))
     scale += ' (dry run on the CPU)' if gpu and dry_run else ''
     with open(os.path.join(paths['work'], 'rehearsal.json'), 'w') as f:
         json.dump(dict(scale=scale, stages=summary), f, indent=2)

@@ -19,7 +19,7 @@ import rehearsal
 SHRINK = {'size', 'block_size', 'batch_size', 'gradient_accumulation_steps', 'eval_iters', 'max_iters',
           'lr_decay_iters', 'warmup_iters', 'kl_warmup_iters', 'eval_interval', 'log_interval',
           'projector_dim', 'stats_batches', 'val_fraction', 'num_proc', 'num_samples', 'max_new_tokens',
-          'num_docs', 'num_uncond', 'recon_batches', 'device', 'dtype', 'compile'}
+          'num_docs', 'num_uncond', 'recon_batches', 'steps', 'device', 'dtype', 'compile'}
 PLACES = {'out_dir', 'data_dir', 'out', 'prompt', 'model'}
 STAND_INS = {'input', 'repa_teacher', 'judge', 'bertscore_model', 'mauve_featurizer', 'bertscore', 'mauve'}
 
@@ -31,10 +31,11 @@ def rehearsed(tmp_path_factory):
     return work, result.stdout
 
 
-@pytest.mark.parametrize('scale', ['cpu', 'gpu'])
+@pytest.mark.parametrize('scale', ['cpu', 'gpu', 'dry_run'])
 def test_only_shrinking_overrides(scale):
     paths = dict(work='w', archive='a.tar', teacher='t', hub='h', data='d', out='o')
-    for stage, argv, _ in rehearsal.stage_commands(rehearsal.SCALES[scale], paths):
+    s = dict(rehearsal.SCALES['gpu'], **rehearsal.DRY_RUN) if scale == 'dry_run' else rehearsal.SCALES[scale]
+    for stage, argv, _ in rehearsal.stage_commands(s, paths):
         assert 'config/owt.py' in argv, stage
         keys = {a[2:].partition('=')[0] for a in argv if a.startswith('--') and '=' in a and '.py' not in a}
         keys -= {'standalone', 'nproc_per_node'}   # torchrun's own

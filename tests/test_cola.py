@@ -67,6 +67,17 @@ def test_block_diffusion_sequence_hand_checked():
     assert seq['pos'][1].tolist() == [0, 0, 0, 1, 2, 0, 1, 2, 0]   # no context: the target starts at 0
 
 
+def test_block_diffusion_sequence_of_a_window_cut_short():
+    """A window cut short (train_dit.py's truncate_prob) is padded after its target: the noisy
+    copy covers the target's valid tokens only."""
+    x = torch.arange(5.0).view(1, 5, 1)
+    is_target = torch.tensor([[0, 0, 1, 1, 1]], dtype=torch.bool)
+    valid = torch.tensor([[1, 1, 1, 1, 0]], dtype=torch.bool)   # 2 context + 2 target tokens, then padding
+    seq = block_diffusion_sequence(x, is_target, valid, latent_block=2, n_noisy=3)
+    assert seq['valid'][0].tolist() == [True] * 4 + [False] + [True, True, False]
+    assert seq['x'][0, 5:7, 0].tolist() == [2, 3]
+
+
 def training_inputs(seed=0, B=2, W=10, cuts=(3, 4), latent_block=2):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, W, D, generator=g, dtype=torch.float64)

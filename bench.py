@@ -282,7 +282,8 @@ def timed(fn, device):
 def bench_sample(cfg):
     import torch
     import model
-    import sample
+    import cola
+    import sampling
     device, longest = cfg['device'], cfg['sample_prompt'] + max(cfg['sample_lengths'])
     net_dtype = torch.bfloat16 if cfg['dtype'] == 'bfloat16' and device.startswith('cuda') else torch.float32
 
@@ -292,7 +293,7 @@ def bench_sample(cfg):
     vae = build(model.TextVAE, 'vae')
     D, block = vae.config.latent_dim, cfg['sample_cola_block']
     dit = build(model.DiT, 'dit', latent_dim=D)
-    cola = build(model.DiT, 'dit', latent_dim=D, latent_block=block) if block else None
+    cola_dit = build(model.DiT, 'dit', latent_dim=D, latent_block=block) if block else None
     gpt = build(model.GPT, 'gpt')
     space = common.LatentSpace(vae, torch.zeros(D), torch.ones(D), common.Vocab())
     flow = dict(cfg_scale=cfg['sample_cfg_scale'], ode_dtype=torch.float32)
@@ -300,16 +301,16 @@ def bench_sample(cfg):
     for length in cfg['sample_lengths']:
         for batch in cfg['sample_batches']:
             prompts = [list(range(1000, 1000 + cfg['sample_prompt']))] * batch
-            textldm = timed(lambda: sample.textldm_continue(dit, space, prompts, [length] * batch, generator=generator,
+            textldm = timed(lambda: sampling.textldm_continue(dit, space, prompts, [length] * batch, generator=generator,
                                                             steps=cfg['sample_steps'], **flow), device)
             seconds = {'TextLDM': textldm}
-            if cola is not None:  # every block to the full length (random weights would stop at any <|endoftext|>)
-                context_ids, context_valid = sample.pad_rows(prompts, 0, device)
+            if cola_dit is not None:  # every block to the full length (random weights would stop at any <|endoftext|>)
+                context_ids, context_valid = sampling.pad_rows(prompts, 0, device)
 
                 def cola_run():
-                    latents = sample.sample_blocks(cola, space.encode(context_ids, context_valid), context_valid,
-                                                   length, steps=cfg['sample_cola_steps'], generator=generator,
-                                                   net_dtype=net_dtype, **flow)
+                    latents = cola.sample_blocks(cola_dit, space.encode(context_ids, context_valid), context_valid,
+                                                 length, steps=cfg['sample_cola_steps'], generator=generator,
+                                                 net_dtype=net_dtype, **flow)
                     return space.decode(latents)
                 seconds['Cola'] = timed(cola_run, device)
             idx = torch.tensor(prompts, device=device)

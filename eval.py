@@ -41,9 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import cola
 import common
 import corpus
-import sample
+import sampling
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `eval_key` in a config file is ours alone)
@@ -200,12 +201,6 @@ def cut_points(lengths, seed):
     return [int(rng.integers((2 * n + 4) // 5, 3 * n // 5 + 1)) for n in lengths]
 
 
-def end_of_text(ids, eot):
-    """(tokens before the first eot, whether there was one)."""
-    ids = list(ids)
-    return (ids[:ids.index(eot)], True) if eot in ids else (ids, False)
-
-
 # -----------------------------------------------------------------------------
 # The models: a dict of label, context (most prompt + continuation tokens), space (the VAE or
 # None) and generate(prompts as GPT-2 ids, lengths, torch generator) -> [(GPT-2 ids, ended)]
@@ -230,15 +225,15 @@ def batches_within(prompts, lengths, context):
 
 
 def textldm_candidate(label, path):
-    dit, space = sample.load_textldm(path, device)
+    dit, space = sampling.load_textldm(path, device)
     flow = dict(steps=steps, solver=solver, cfg_scale=cfg_scale, grid=time_grid, std=logit_normal_std,
                 guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype),
                 renoise=renoise)
     context = min(dit.config.block_size, space.block_size)
     if getattr(dit.config, 'latent_block', 0):  # a Cola DiT: block by block, until every row ends
-        run, flow = sample.cola_continue, dict(flow, steps=steps_per_block)
+        run, flow = cola.cola_continue, dict(flow, steps=steps_per_block)
     else:
-        run = sample.textldm_continue
+        run = sampling.textldm_continue
 
     def generate(prompts, lengths, generator):
         out, t0 = [None] * len(prompts), time.time()
@@ -264,7 +259,7 @@ def by_prompt_length(label, continue_batch):
             for batch in (group[k:k + batch_size] for k in range(0, len(group), batch_size)):
                 rows, eot = continue_batch([prompts[i] for i in batch], max(lengths[i] for i in batch), generator)
                 for i, row in zip(batch, rows):
-                    out[i] = end_of_text(row[:lengths[i]], eot)
+                    out[i] = sampling.end_of_text(row[:lengths[i]], eot)
                 progress(label, len(out) - out.count(None), len(out), t0, step=len(batch))
         return out
     return generate
@@ -330,11 +325,11 @@ def hf_candidate(label, name):
         width = max(map(len, rows))  # another tokenizer may give the prompts different lengths
         x = torch.tensor([[lm.eot] * (width - len(r)) + r for r in rows], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0 else {}
+        options = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0 else {}
         y = lm.model.generate(x, attention_mask=mask, max_new_tokens=n, eos_token_id=lm.eot, pad_token_id=lm.eot,
-                              **(sampling or dict(do_sample=False)))[:, width:].tolist()
+                              **(options or dict(do_sample=False)))[:, width:].tolist()
         # in GPT-2 ids, with <|endoftext|> kept where the model ended, for the caller's cut
-        return [lm.to_gpt2(end_of_text(r, lm.eot)[0]) + [common.EOT] * (lm.eot in r) for r in y], common.EOT
+        return [lm.to_gpt2(sampling.end_of_text(r, lm.eot)[0]) + [common.EOT] * (lm.eot in r) for r in y], common.EOT
     return dict(label=label, context=lm.context, space=None, generate=by_prompt_length(label, continue_batch))
 
 
@@ -394,7 +389,7 @@ def mauve_features(texts, name, max_len=1024):
     rows = [tokenizer(t, truncation=True, max_length=max_len)['input_ids'] or [fallback] for t in texts]
     features = []
     for i in range(0, len(rows), batch_size):
-        ids, valid = sample.pad_rows(rows[i:i + batch_size], 0, device)
+        ids, valid = sampling.pad_rows(rows[i:i + batch_size], 0, device)
         hidden = net(input_ids=ids, attention_mask=valid.long()).last_hidden_state
         features.append(hidden[torch.arange(len(ids)), valid.sum(1) - 1].float().cpu())
     return torch.cat(features).numpy()
@@ -420,7 +415,7 @@ def judge_nll(lm, sequences):
     """Summed negative log-likelihood (nats) of every token after the first, and their count."""
     total, count = 0.0, 0
     for i in range(0, len(sequences), batch_size):
-        ids, valid = sample.pad_rows(sequences[i:i + batch_size], 0, device)
+        ids, valid = sampling.pad_rows(sequences[i:i + batch_size], 0, device)
         logits = lm(input_ids=ids, attention_mask=valid.long()).logits.float()
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction='none')
         total, count = total + nll[valid[:, 1:]].sum().item(), count + valid[:, 1:].sum().item()
@@ -548,7 +543,7 @@ def evaluate_set(name, candidates, doc_len, length, judge_lm):
 def main():
     config = common.configure(globals(), 'eval')
     common.check_precision(device, dtype)
-    sample.check_flow_keys(solver, time_grid, ode_dtype, renoise)
+    sampling.check_flow_keys(solver, time_grid, ode_dtype, renoise)
     sets = split_sets(eval_set)
     for name in sets or ['']:
         if not (name in ('synthetic', *HUB_SETS) or name.startswith('file:')):

@@ -5,8 +5,8 @@ The three networks of TextLDM, in one file:
    decodes all N tokens back in parallel (non-autoregressive). An intermediate encoder layer is
    exposed so REPA can align it with a frozen language model (Projector + repa_loss).
 2. DiT: a Diffusion Transformer with adaLN-Zero blocks that predicts the flow-matching velocity
-   of the target latents, conditioned in-context on clean prompt (context) latents. The Cola
-   variant trains it block-causally (block_causal_mask) and generates with a DiTCache.
+   of the target latents, conditioned in-context on clean prompt (context) latents. (cola.py
+   runs the same network as a block-causal prior.)
 3. GPT: a plain GPT-2, the autoregressive baseline (and a REPA teacher), weight-compatible with
    Hugging Face transformers' GPT2LMHeadModel.
 
@@ -166,45 +166,13 @@ class KVCache:
     def seq_len(self):
         return 0 if self.keys[0] is None else self.keys[0].size(2)
 
-    def peek(self, layer, k, v):
-        """The cached keys/values of `layer` followed by this step's (B, H, T, C // H) ones,
-        without storing them (a draft, e.g. one denoising step of a Cola block)."""
+    def append(self, layer, k, v):
+        """Add this step's (B, H, T, C // H) keys/values for `layer`; return all of them."""
         if self.keys[layer] is not None:
             k = torch.cat([self.keys[layer], k], dim=2)
             v = torch.cat([self.values[layer], v], dim=2)
-        return k, v
-
-    def append(self, layer, k, v):
-        """Add this step's (B, H, T, C // H) keys/values for `layer`; return all of them."""
-        k, v = self.peek(layer, k, v)
         self.keys[layer], self.values[layer] = k, v
         return k, v
-
-class DiTCache(KVCache):
-    """A KVCache of the clean tokens a block-causal (Cola) DiT has seen: the prompt, then each
-    finished block. Also keeps which cached tokens are real, since a batch of prompts is padded.
-
-    valid: (B, T_past) bool, or None before the first commit.
-    """
-
-    def __init__(self, n_layer):
-        super().__init__(n_layer)
-        self.valid = None
-
-    def num_valid(self):
-        """(B,) real tokens cached per row (0 when empty): where the next positions start."""
-        return 0 if self.valid is None else self.valid.sum(dim=1)
-
-    def commit_valid(self, valid):
-        self.valid = valid if self.valid is None else torch.cat([self.valid, valid], dim=1)
-
-    def extend_mask(self, mask, B, L):
-        """A (B or 1, 1, L, L) mask of the current tokens (or None) -> (B, 1, L, T_past + L):
-        every real cached token is visible to every current token."""
-        past = self.valid[:, None, None, :].expand(B, 1, L, -1)
-        if mask is None:
-            mask = torch.ones(1, 1, L, L, dtype=torch.bool, device=past.device)
-        return torch.cat([past, mask.expand(B, 1, L, L)], dim=-1)
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with SDPA. Names (c_attn, c_proj) follow GPT-2."""
@@ -217,17 +185,17 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0, commit=True, rope=None):
+    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0, rope=None):
         """x: (B, T, C); mask: bool broadcastable to (B, H, T, T_keys) -> (B, T, C).
-        With a cache, x also attends to the cached tokens; commit=False leaves the cache as it was.
-        rope: rotary_angles() of x's positions, applied to queries and keys (the DiT's)."""
+        With a cache (a KVCache), x also attends to the cached tokens, and cache.append decides
+        what it keeps. rope: rotary_angles() of x's positions, applied to queries and keys (the DiT's)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (a.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for a in (q, k, v))
         if rope is not None:   # before the cache: cached keys keep the rotation of their positions
             q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         if cache is not None:   # keys/values of all tokens so far
-            k, v = cache.append(layer, k, v) if commit else cache.peek(layer, k, v)
+            k, v = cache.append(layer, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -239,6 +207,11 @@ def rotary_angles(pos, head_dim, base=10000.0):
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
     angles = pos.float()[..., None] * inv_freq
     return angles.cos()[:, None], angles.sin()[:, None]
+
+def positions(valid):
+    """(B, L) long position of each token: its index among the valid tokens of its row (leading
+    padding -> 0), so padding inside a row does not shift the tokens after it."""
+    return (valid.long().cumsum(dim=1) - 1).clamp(min=0)
 
 def apply_rotary(x, rope):
     """Rotate queries or keys x (B, H, T, head_dim) by rotary_angles(); channel i pairs with
@@ -473,12 +446,12 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(n_embd, int(n_embd * mlp_ratio), dropout)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 6 * n_embd))
 
-    def forward(self, x, c, mask=None, cache=None, layer=0, commit=False, rope=None):
+    def forward(self, x, c, mask=None, rope=None, cache=None, layer=0):
         """x: (B, L, C) tokens, c: (B, L, C) per-token conditioning -> (B, L, C)."""
         modulation = self.adaLN_modulation(c).chunk(6, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         attn_in = modulate(self.norm1(x), shift_msa, scale_msa)
-        x = x + gate_msa * self.attn(attn_in, mask, cache=cache, layer=layer, commit=commit, rope=rope)
+        x = x + gate_msa * self.attn(attn_in, mask, cache=cache, layer=layer, rope=rope)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 class FinalLayer(nn.Module):
@@ -497,12 +470,9 @@ class FinalLayer(nn.Module):
 class DiT(nn.Module):
     """Velocity network over one sequence of [context latents (clean, t=1) | target latents (noisy)].
 
-    Every token gets its own time t and a learned "context or target" embedding. Positions enter
-    attention as rotary embeddings (RoPE), so attention sees relative offsets from the first step.
-    (A learned table added to the input, as at first, started at 1/50 of the latents' scale: after
-    600 iterations the DiT still attended to all tokens alike and wrote the corpus's words in no
-    order.) Positions count valid tokens only (pos = cumsum(valid) - 1), so padding inside the
-    context segment does not shift the target's positions.
+    Every token gets its own time t and a learned "context or target" embedding; positions enter
+    attention as rotary embeddings (RoPE), counting valid tokens only, so padding inside the
+    context does not shift the target's positions.
     """
 
     def __init__(self, config):
@@ -540,37 +510,26 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def positions(self, valid, B, L, device):
-        """(B, L) long position of each token: its index among the valid tokens of its row."""
-        if valid is None:
-            return torch.arange(L, device=device).expand(B, L)
-        return (valid.long().cumsum(dim=1) - 1).clamp(min=0)   # leading padding -> 0
-
-    def forward(self, x, t, is_target, valid=None, attn_mask=None, pos=None, cache=None, commit=False,
-                x_self=None):
+    def forward(self, x, t, is_target, valid=None, x_self=None):
         """Predict the velocity at every position.
 
         x: (B, L, D) context latents followed by target latents. t: (B, L) flow time per token.
-        is_target: (B, L) bool. valid: (B, L) bool or None (all valid). attn_mask: (L, L) or
-        (B, L, L) bool, True = may attend, ANDed with the padding mask.
+        is_target: (B, L) bool. valid: (B, L) bool or None (all valid): padding is neither
+        attended to nor counted in the positions.
         x_self: (B, L, D) the previous estimate of the clean latents (clean_estimate), or None
             (= zeros, no estimate yet); only for a DiT with config.self_cond.
-        Cola (block-causal) only:
-        pos: (B, L) long positions, each < block_size, instead of the count of valid tokens
-            (in training, the clean and the noisy copy of a target token share a position).
-        cache: a DiTCache of the clean tokens before x (generation): x also attends to all of
-            them and its positions continue after them. commit=True appends x's keys/values (a
-            finished clean block); otherwise the cache is left unchanged (a denoising step).
         Returns (B, L, D); callers keep the target positions.
         """
         B, L, _ = x.shape
-        past = 0 if cache is None else cache.seq_len()
-        if pos is None:   # explicit positions are the caller's to keep in range
-            if past + L > self.config.block_size:
-                raise ValueError(f"sequence length {past + L} exceeds block_size {self.config.block_size}")
-            pos = self.positions(valid, B, L, x.device)
-            if past:
-                pos = pos + cache.num_valid()[:, None]
+        if L > self.config.block_size:
+            raise ValueError(f"sequence length {L} exceeds block_size {self.config.block_size}")
+        pos = positions(valid) if valid is not None else torch.arange(L, device=x.device).expand(B, L)
+        return self.denoise(x, t, is_target, pos, build_attention_mask(L, x.device, valid), x_self)
+
+    def denoise(self, x, t, is_target, pos, mask, x_self=None, cache=None):
+        """The network, given each token's position (B, L) and the attention mask (see
+        build_attention_mask). forward() derives both from the padding; the block-causal prior
+        (cola.py) passes its own, and a KVCache of the clean tokens before x."""
         h = self.x_embedder(x) + self.role_embed(is_target.long())
         if x_self is not None:
             if not self.config.self_cond:
@@ -579,14 +538,8 @@ class DiT(nn.Module):
         h = self.drop(h)
         rope = rotary_angles(pos, self.config.n_embd // self.config.n_head)
         c = self.t_embedder(t)   # (B, L, C)
-        mask = build_attention_mask(L, x.device, valid, attn_mask)
-        if past:
-            mask = cache.extend_mask(mask, B, L)
         for i, block in enumerate(self.blocks):
-            h = block(h, c, mask, cache, i, commit, rope)
-        if cache is not None and commit:
-            all_valid = torch.ones(B, L, dtype=torch.bool, device=x.device)
-            cache.commit_valid(all_valid if valid is None else valid.bool())
+            h = block(h, c, mask, rope, cache, i)
         out = self.final_layer(h, c)
         if self.config.prediction == 'v':
             return out
@@ -615,16 +568,14 @@ def clean_estimate(x_t, t, velocity):
     return x_t + (1 - t)[..., None].to(x_t.dtype) * velocity.to(x_t.dtype)
 
 
-def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None,
-                       role=None, attn_mask=None, pos=None, self_cond=False):
+def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None, self_cond=False):
     """Flow matching on the straight path from noise (t=0) to data (t=1).
 
-    x_data: (B, L, D) clean latents (context and target); t: (B,) time of each row's target,
-    or (B, L) one per token (Cola: one per target block); is_target: (B, L) bool, the noised
-    positions. Other positions stay clean (t = 1); the loss is the mean squared error of the
-    velocity x_data - noise over the valid noised positions only, in fp32.
-    role: the DiT's is_target input when it differs (Cola's clean copies of target blocks are
-    targets kept clean); attn_mask and pos go to the DiT.
+    dit: the DiT, or any function with its forward's arguments (cola.py passes the block-causal
+    one). x_data: (B, L, D) clean latents (context and target); t: (B,) time of each row's target,
+    or (B, L) one per token; is_target: (B, L) bool, the noised positions. Other positions stay
+    clean (t = 1); the loss is the mean squared error of the velocity x_data - noise over the
+    valid noised positions only, in fp32.
     self_cond: the first half of the rows (random windows, so a random half) first get the DiT's
     own clean estimate from a no-grad pass and are scored given it; the rest are scored without
     one, as the first sampling step is. Half a batch of extra forward, no data-dependent branch."""
@@ -632,76 +583,17 @@ def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None,
     t = t[:, None] if t.dim() == 1 else t
     times = torch.where(is_target, t.to(x_data.dtype), 1.0)
     x_t = times[..., None] * x_data + (1 - times[..., None]) * noise  # = x_data where t = 1
-    extra = {} if attn_mask is None and pos is None else dict(attn_mask=attn_mask, pos=pos)  # Cola's
-    role = is_target if role is None else role
+    extra = {}
     if self_cond:
         h = x_data.shape[0] // 2
         with torch.no_grad():
-            v_half = dit(x_t[:h], times[:h], role[:h], None if valid is None else valid[:h])
+            v_half = dit(x_t[:h], times[:h], is_target[:h], None if valid is None else valid[:h])
         estimate = torch.where(is_target[:h, :, None], clean_estimate(x_t[:h], times[:h], v_half), 0.0)
         extra['x_self'] = torch.cat([estimate, torch.zeros_like(x_t[h:])]).detach()
-    velocity = dit(x_t, times, role, valid, **extra)
+    velocity = dit(x_t, times, is_target, valid, **extra)
     error = (velocity.float() - (x_data - noise).float()).pow(2).mean(-1)
     scored = is_target if valid is None else is_target & valid   # not the padding of a short window
     return (error * scored).sum() / scored.sum().clamp(min=1)
-
-# -----------------------------------------------------------------------------
-# Cola: the block-causal prior. The target is cut into blocks of `latent_block` tokens, counted
-# from its start (a trailing partial block is a block). Training sees the sequence
-#     [context (clean) | clean copy of the target | noisy copy of the target]
-# in one attention call: each noisy block (its own time t) sees the context, the clean copies of
-# the blocks before it and itself; the clean blocks are what generation keeps in its cache.
-
-def block_causal_mask(block, noisy):
-    """(B, L, L) bool attention mask (True = may attend) of block diffusion.
-
-    block: (B, L) long block index of every token: -1 for the context, 0, 1, ... for target
-    blocks (both copies). noisy: (B, L) bool, True on the noisy copy.
-    A clean query of block k sees the clean tokens of blocks <= k (so the context sees only the
-    context); a noisy query of block k sees the clean tokens of blocks < k and the noisy tokens
-    of block k. No query ever sees another block's noisy tokens.
-    """
-    block_q, block_k = block[:, :, None], block[:, None, :]
-    noisy_q, noisy_k = noisy[:, :, None], noisy[:, None, :]
-    clean_key = ~noisy_k & ((block_k < block_q) | ((block_k == block_q) & ~noisy_q))
-    return clean_key | (noisy_k & noisy_q & (block_k == block_q))
-
-def block_diffusion_sequence(x, is_target, valid, latent_block, n_noisy):
-    """TextLDM's packed training row -> Cola's [context | clean target | noisy copy].
-
-    x: (B, W, D) clean latents, the context then the target; is_target, valid: (B, W) bool (a
-    dropped context is invalid). n_noisy >= the longest target: the noisy copy's length, padded.
-    Returns a dict of (B, W + n_noisy) tensors: x (clean everywhere; the loss noises the copy),
-    role (the DiT's is_target: both copies), noisy, valid, pos (a copy shares its clean token's
-    position), block (-1 on the context).
-    """
-    B, W, D = x.shape
-    cut = (~is_target).sum(dim=1, keepdim=True)   # context length of each row
-    j = torch.arange(n_noisy, device=x.device).expand(B, n_noisy)
-    copy_valid = j < (is_target & valid).sum(dim=1, keepdim=True)   # the target's valid tokens
-    source = (cut + j).clamp(max=W - 1)   # the clean token each copy slot repeats
-    clean_pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)   # as DiT.positions
-    clean_block = torch.where(is_target, (torch.arange(W, device=x.device) - cut).div(
-        latent_block, rounding_mode='floor'), -1)
-    ones = torch.ones(B, n_noisy, dtype=torch.bool, device=x.device)
-    return dict(
-        x=torch.cat([x, x.gather(1, source[..., None].expand(B, n_noisy, D))], dim=1),
-        role=torch.cat([is_target, ones], dim=1),
-        noisy=torch.cat([torch.zeros_like(is_target), ones], dim=1),
-        valid=torch.cat([valid, copy_valid], dim=1),
-        pos=torch.cat([clean_pos, torch.where(copy_valid, clean_pos.gather(1, source), 0)], dim=1),
-        block=torch.cat([clean_block, j.div(latent_block, rounding_mode='floor')], dim=1))
-
-def block_flow_matching_loss(dit, x, is_target, valid, times, latent_block, n_noisy, noise=None):
-    """Cola's training loss: flow matching on the noisy copy of every target block, each block
-    at its own time. x, is_target, valid: a packed row as for flow_matching_loss; times:
-    (B, ceil(n_noisy / latent_block)) one time per block."""
-    seq = block_diffusion_sequence(x, is_target, valid, latent_block, n_noisy)
-    t = times.gather(1, seq['block'].clamp(min=0))   # (B, L); used on the noisy copy only
-    return flow_matching_loss(dit, seq['x'], t, seq['noisy'] & seq['valid'], seq['valid'], noise,
-                              role=seq['role'], attn_mask=block_causal_mask(seq['block'], seq['noisy']),
-                              pos=seq['pos'])
-
 
 # -----------------------------------------------------------------------------
 # Baseline: GPT-2 (same weights and logits as transformers' GPT2LMHeadModel)
@@ -735,23 +627,19 @@ class GPT(nn.Module):
             return None
         return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
 
-    def forward(self, idx, targets=None, kv_cache=None, pos_offset=0):
+    def forward(self, idx, targets=None, kv_cache=None):
         """idx: (B, T) long; targets: (B, T) long, -1 = ignore.
 
-        kv_cache: a KVCache holding the earlier tokens (it is extended in place). pos_offset is
-        the position of idx[:, 0]; with a cache it must be 0 (taken from the cache) or agree.
+        kv_cache: a KVCache holding the earlier tokens (it is extended in place): idx continues them.
         Returns logits (B, T, V) and the fp32 mean cross-entropy (None without targets).
         """
         T = idx.size(1)
-        past = 0 if kv_cache is None else kv_cache.seq_len()
-        if kv_cache is not None and pos_offset not in (0, past):
-            raise ValueError(f"pos_offset={pos_offset} disagrees with the {past} cached tokens")
-        start = past if kv_cache is not None else pos_offset
+        start = 0 if kv_cache is None else kv_cache.seq_len()
         if start + T > self.config.block_size:
             raise ValueError(f"positions up to {start + T} exceed block_size {self.config.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        mask = self._causal_mask(T, past, idx.device)
+        mask = self._causal_mask(T, start, idx.device)
         for i, block in enumerate(self.transformer.h):
             x = block(x, mask, is_causal=mask is None, cache=kv_cache, layer=i)
         logits = self.lm_head(self.transformer.ln_f(x))
@@ -762,49 +650,18 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 use_cache=True, generator=None):
-        """Append max_new_tokens sampled tokens to idx (B, T) -> (B, T + max_new_tokens).
-
-        temperature 0 = greedy. Without the cache the context is cropped to block_size (like
-        nanoGPT); with it, cached positions cannot slide, so going past block_size is an error.
-        """
-        cache = None
-        if use_cache:
-            if idx.size(1) + max_new_tokens > self.config.block_size:
-                raise ValueError(f"{idx.size(1)} + {max_new_tokens} tokens exceed block_size "
-                                 f"{self.config.block_size}; use use_cache=False to crop the context")
-            cache = KVCache(self.config.n_layer)
-        next_input = idx
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Append max_new_tokens sampled tokens to idx (B, T) -> (B, T + max_new_tokens), with a
+        key/value cache: each step feeds only the new token. temperature 0 = greedy. Cached
+        positions cannot slide, so going past block_size is an error."""
+        if idx.size(1) + max_new_tokens > self.config.block_size:
+            raise ValueError(f"{idx.size(1)} + {max_new_tokens} tokens exceed block_size {self.config.block_size}")
+        cache, next_input = KVCache(self.config.n_layer), idx
         for _ in range(max_new_tokens):
-            if not use_cache:
-                next_input = idx[:, -self.config.block_size:]
             logits, _ = self(next_input, kv_cache=cache)
-            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, next_token], dim=1)
-            next_input = next_token   # with a cache only the new token is fed next
+            next_input = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat([idx, next_input], dim=1)
         return idx
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, dropout=0.0):
-        """Load GPT-2 weights (hub name such as 'gpt2', or a local folder) via transformers."""
-        from transformers import GPT2LMHeadModel
-        hf_model = GPT2LMHeadModel.from_pretrained(name_or_path)
-        hf = hf_model.config
-        if hf.activation_function != 'gelu_new' or hf.layer_norm_epsilon != 1e-5:
-            raise ValueError("only the standard GPT-2 architecture is supported "
-                             "(gelu_new, LayerNorm eps 1e-5)")
-        config = GPTConfig(vocab_size=hf.vocab_size, block_size=hf.n_positions, n_layer=hf.n_layer,
-                           n_head=hf.n_head, n_embd=hf.n_embd, dropout=dropout, bias=True)
-        model = cls(config)
-        source = hf_model.state_dict()
-        with torch.no_grad():
-            for key, param in model.state_dict().items():
-                if key == 'lm_head.weight':
-                    continue   # tied to transformer.wte.weight
-                weight = source[key]
-                param.copy_(weight.t() if key.endswith(_CONV1D_SUFFIXES) else weight)
-        return model
 
     def save_pretrained(self, path, eos_token_id=50256):
         """Write a transformers GPT-2 folder (config + weights) that GPT2LMHeadModel loads."""

@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 
 import common
-from model import DiT, block_flow_matching_loss, flow_matching_loss, make_config
+from cola import block_flow_matching_loss
+from model import DiT, flow_matching_loss, make_config
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `dit_key` in a config file is ours alone)

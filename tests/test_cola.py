@@ -10,11 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cola
 import helpers
-from model import (DiT, DiTCache, DiTConfig, TextVAE, VAEConfig, block_causal_mask,
-                   block_diffusion_sequence, block_flow_matching_loss, build_attention_mask,
-                   flow_matching_loss, apply_rotary, rotary_angles)
-import sample
+import sampling
+from cola import (BlockCache, block_causal_mask, block_diffusion_sequence, block_flow_matching_loss,
+                  cached_velocity)
+from model import (DiT, DiTConfig, TextVAE, VAEConfig, build_attention_mask, flow_matching_loss,
+                   apply_rotary, positions, rotary_angles)
 
 D = 8   # latent channels
 
@@ -91,7 +93,9 @@ def training_inputs(seed=0, B=2, W=10, cuts=(3, 4), latent_block=2):
 
 
 def run_training_sequence(dit, seq, t):
-    return dit(seq['x'], t, seq['role'], seq['valid'], block_causal_mask(seq['block'], seq['noisy']), seq['pos'])
+    mask = build_attention_mask(seq['x'].shape[1], seq['x'].device, seq['valid'],
+                                block_causal_mask(seq['block'], seq['noisy']))
+    return dit.denoise(seq['x'], t, seq['role'], seq['pos'], mask)
 
 
 @pytest.mark.parametrize('k', [0, 1, 2])
@@ -151,7 +155,7 @@ def test_block_loss_is_finite_and_trains_every_part():
 def pre_cola_forward(dit, x, t, is_target, valid=None, attn_mask=None):
     """DiT.forward as it was before Cola (positions from valid, no cache), line for line."""
     B, L, _ = x.shape
-    pos = dit.positions(valid, B, L, x.device)
+    pos = positions(valid) if valid is not None else torch.arange(L).expand(B, L)
     h = dit.drop(dit.x_embedder(x) + dit.role_embed(is_target.long()))
     rope = rotary_angles(pos, dit.config.n_embd // dit.config.n_head)
     c = dit.t_embedder(t)
@@ -200,6 +204,39 @@ def test_latent_block_zero_is_the_textldm_path_bit_for_bit():
 # -----------------------------------------------------------------------------
 # Generation: the cache, block by block
 
+class FullPrefix:
+    """cola.CachedPrefix without a cache: the whole clean prefix is recomputed at every step,
+    under the training mask (block_causal_mask). Slow; the reference the cached path is tested
+    against."""
+
+    def __init__(self, dit, context, context_valid, net_dtype):
+        B, C, _ = context.shape
+        self.dit, self.net_dtype, self.n_blocks = dit, net_dtype, 0
+        self.x, self.valid = context.double(), context_valid   # fp64 holds fp32 and fp64 exactly
+        self.role = torch.zeros(B, C, dtype=torch.bool, device=context.device)
+        self.block = torch.full((B, C), -1, dtype=torch.long, device=context.device)
+
+    def _extend(self, x):
+        """The prefix followed by block x (B, n, D), as block number self.n_blocks."""
+        B, n, _ = x.shape
+        ones = torch.ones(B, n, dtype=torch.bool, device=x.device)
+        return (torch.cat([self.x, x.double()], dim=1), torch.cat([self.valid, ones], dim=1),
+                torch.cat([self.role, ones], dim=1),
+                torch.cat([self.block, self.n_blocks * ones.long()], dim=1))
+
+    def velocity(self, x, t):
+        seq, valid, role, block = self._extend(x)
+        noisy = torch.arange(seq.shape[1], device=x.device).expand_as(valid) >= seq.shape[1] - x.shape[1]
+        times = torch.full(noisy.shape, t, dtype=torch.float64, device=x.device).masked_fill(~noisy, 1.0)
+        mask = build_attention_mask(seq.shape[1], x.device, valid, block_causal_mask(block, noisy))
+        v = self.dit.denoise(seq.to(self.net_dtype), times.to(self.net_dtype), role, positions(valid), mask)
+        return v[:, -x.shape[1]:].to(x.dtype)
+
+    def commit(self, x):
+        self.x, self.valid, self.role, self.block = self._extend(x)
+        self.n_blocks += 1
+
+
 def generation_inputs(C=5, B=2):
     g = torch.Generator().manual_seed(3)
     context = torch.randn(B, C, D, generator=g, dtype=torch.float64)
@@ -209,41 +246,43 @@ def generation_inputs(C=5, B=2):
 
 @pytest.mark.parametrize('C, cfg_scale, solver, renoise', [(5, 7.0, 'euler', 0.0), (0, 1.0, 'heun', 0.0),
                                                         (5, 3.0, 'heun', 0.0), (5, 3.0, 'euler', 1.0)])
-def test_cached_generation_equals_uncached(C, cfg_scale, solver, renoise):
+def test_cached_generation_equals_uncached(C, cfg_scale, solver, renoise, monkeypatch):
     dit = tiny_dit(latent_block=3)
     context, context_valid = generation_inputs(C)
-    runs = [sample.sample_blocks(dit, context, context_valid, 8, steps=3, solver=solver, cfg_scale=cfg_scale,
-                                 generator=torch.Generator().manual_seed(0), net_dtype=torch.float64,
-                                 use_cache=use_cache, renoise=renoise) for use_cache in (True, False)]
-    assert runs[0].shape == (2, 8, D)   # blocks of 3, 3 and a last one of 2
-    assert (runs[0] - runs[1]).abs().max() < 1e-10
+    run = lambda **kw: cola.sample_blocks(dit, context, context_valid, 8, steps=3, solver=solver, cfg_scale=cfg_scale,
+                                          generator=torch.Generator().manual_seed(0), net_dtype=torch.float64, **kw)
+    cached = run(renoise=renoise)
+    with monkeypatch.context() as m:
+        m.setattr(cola, 'CachedPrefix', FullPrefix)
+        uncached = run(renoise=renoise)
+    assert cached.shape == (2, 8, D)   # blocks of 3, 3 and a last one of 2
+    assert (cached - uncached).abs().max() < 1e-10
     if renoise:   # stochastic steps do reach the blocks' integration
-        ode = sample.sample_blocks(dit, context, context_valid, 8, steps=3, solver=solver, cfg_scale=cfg_scale,
-                                   generator=torch.Generator().manual_seed(0), net_dtype=torch.float64)
-        assert (runs[0] - ode).abs().max() > 1e-3
+        assert (cached - run()).abs().max() > 1e-3
 
 
 def test_cache_grows_only_on_commit():
     dit = tiny_dit()
     context, context_valid = generation_inputs()
-    cache = DiTCache(dit.config.n_layer)
+    cache = BlockCache(dit.config.n_layer)
     ones = torch.ones(2, 5, dtype=torch.float64)
-    dit(context, ones, torch.zeros(2, 5, dtype=torch.bool), context_valid, cache=cache, commit=True)
+    cached_velocity(dit, context, ones, torch.zeros(2, 5, dtype=torch.bool), context_valid, cache, commit=True)
     assert cache.seq_len() == 5 and cache.num_valid().tolist() == [5, 3]
     block = torch.randn(2, 3, D, dtype=torch.float64)
-    draft = dit(block, torch.full((2, 3), 0.5, dtype=torch.float64), torch.ones(2, 3, dtype=torch.bool), cache=cache)
+    step = lambda t, commit: cached_velocity(dit, block, torch.full((2, 3), t, dtype=torch.float64),
+                                             torch.ones(2, 3, dtype=torch.bool), None, cache, commit)
+    draft = step(0.5, False)
     assert cache.seq_len() == 5
-    assert torch.equal(draft, dit(block, torch.full((2, 3), 0.5, dtype=torch.float64),
-                                  torch.ones(2, 3, dtype=torch.bool), cache=cache))
-    dit(block, torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.bool), cache=cache, commit=True)
+    assert torch.equal(draft, step(0.5, False))
+    step(1.0, True)
     assert cache.seq_len() == 8 and cache.num_valid().tolist() == [8, 6]
 
 
 def test_generating_more_blocks_leaves_earlier_blocks_unchanged():
     dit = tiny_dit(latent_block=3)
     context, context_valid = generation_inputs()
-    gen = lambda n, **kw: sample.sample_blocks(dit, context, context_valid, n, steps=3, net_dtype=torch.float64,
-                                               generator=torch.Generator().manual_seed(0), **kw)
+    gen = lambda n, **kw: cola.sample_blocks(dit, context, context_valid, n, steps=3, net_dtype=torch.float64,
+                                             generator=torch.Generator().manual_seed(0), **kw)
     short, long = gen(6), gen(11)
     assert torch.equal(long[:, :6], short)
     seen = []
@@ -333,10 +372,10 @@ def test_cola_dit_trains_and_samples_block_by_block(cola_run):
 
 def test_cola_continue_lengths_and_eot(cola_run):
     out, _ = cola_run
-    dit, space = sample.load_textldm(str(out / 'dit.pt'), 'cpu')
+    dit, space = sampling.load_textldm(str(out / 'dit.pt'), 'cpu')
     prompts = [space.vocab.encode(prompt_text(4)).tolist(), []]
     pieces = []
-    rows = sample.cola_continue(dit, space, prompts, [6, 9], generator=torch.Generator().manual_seed(0),
+    rows = cola.cola_continue(dit, space, prompts, [6, 9], generator=torch.Generator().manual_seed(0),
                                 on_text=pieces.append, steps=2, cfg_scale=2.0)
     assert len(rows) == 2 and len(rows[0]) <= 6 and len(rows[1]) <= 9
     assert all(space.vocab.eot not in row for row in rows)

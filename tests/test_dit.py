@@ -6,7 +6,6 @@ included), and the errors a user can run into.
 Run: python -m pytest tests/test_dit.py -q   (CPU, offline, ~1-2 min on 2 cores)
 """
 import ast
-import importlib
 import json
 import math
 import os
@@ -21,7 +20,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import sample  # noqa: E402
+import sampling  # noqa: E402
 from model import DiT, flow_matching_loss, make_config  # noqa: E402
 from helpers import load_ckpt, read_metrics, run_script, write_data_dir  # noqa: E402
 
@@ -112,7 +111,7 @@ def test_sampler_integrates_from_noise_at_0_to_data_at_1():
     context, context_valid = torch.randn(1, 2, 3), torch.ones(1, 2, dtype=torch.bool)
     for grid in ('uniform', 'logit_normal'):
         seen.clear()
-        out = sample.sample_flow(dit, context, context_valid, torch.ones(1, 1, dtype=torch.bool), steps=5,
+        out = sampling.sample_flow(dit, context, context_valid, torch.ones(1, 1, dtype=torch.bool), steps=5,
                                  cfg_scale=1.0, grid=grid, generator=torch.Generator().manual_seed(0),
                                  net_dtype=torch.float64)
         assert out.shape == (1, 1, 3)
@@ -155,7 +154,7 @@ def test_self_conditioning_in_training_feeds_a_no_grad_estimate_to_half_the_rows
 def test_self_conditioning_in_sampling_feeds_each_pass_its_previous_estimate(cfg_scale):
     stub = SelfCondStub()
     context, context_valid, target_valid = context_batch(B=2, C=3, N=2, D=3)
-    sample.sample_flow(stub, context, context_valid, target_valid, steps=4, cfg_scale=cfg_scale,
+    sampling.sample_flow(stub, context, context_valid, target_valid, steps=4, cfg_scale=cfg_scale,
                        generator=torch.Generator().manual_seed(0), net_dtype=torch.float64)
     passes = 2 if cfg_scale != 1.0 else 1
     assert len(stub.calls) == 4
@@ -176,7 +175,7 @@ def test_self_conditioning_dit_with_a_zero_estimate_path_is_the_plain_dit():
     assert missing == ['self_cond_embedder.weight'] and not unexpected
     torch.nn.init.zeros_(with_sc.self_cond_embedder.weight)
     context, context_valid, target_valid = context_batch()
-    run = lambda dit: sample.sample_flow(dit, context, context_valid, target_valid, steps=6, cfg_scale=3.0,
+    run = lambda dit: sampling.sample_flow(dit, context, context_valid, target_valid, steps=6, cfg_scale=3.0,
                                          generator=torch.Generator().manual_seed(0))
     assert torch.equal(run(plain), run(with_sc))
     with pytest.raises(ValueError, match='self_cond'):
@@ -210,7 +209,7 @@ def test_toy_mixture_modes_and_weights():
         sched.step()
     dit.eval()
     n = 1000
-    z = sample.sample_flow(dit, torch.zeros(n, 0, 2), torch.zeros(n, 0, dtype=torch.bool),
+    z = sampling.sample_flow(dit, torch.zeros(n, 0, 2), torch.zeros(n, 0, dtype=torch.bool),
                            torch.ones(n, 1, dtype=torch.bool), steps=50, cfg_scale=1.0,
                            generator=torch.Generator().manual_seed(1))[:, 0].float()
     distance, nearest = torch.cdist(z, MODES).min(dim=1)
@@ -220,7 +219,7 @@ def test_toy_mixture_modes_and_weights():
     assert (distance < 0.5).float().mean() > 0.9, "most samples should lie near a mode"
     # stochastic steps with a full re-noise each step find every mode, and sharpen the mixture
     # (a lower temperature: the heaviest mode gains), keeping the modes' order of weight
-    z = sample.sample_flow(dit, torch.zeros(n, 0, 2), torch.zeros(n, 0, dtype=torch.bool),
+    z = sampling.sample_flow(dit, torch.zeros(n, 0, 2), torch.zeros(n, 0, dtype=torch.bool),
                            torch.ones(n, 1, dtype=torch.bool), steps=100, cfg_scale=1.0, renoise=1.0,
                            generator=torch.Generator().manual_seed(1))[:, 0].float()
     distance, nearest = torch.cdist(z, MODES).min(dim=1)
@@ -248,7 +247,7 @@ def test_stochastic_steps_match_their_closed_form():
             var = a ** 2 * var + (1 - t1) ** 2 * renoise ** 2
         return var ** 0.5
 
-    run = lambda renoise: sample.sample_flow(
+    run = lambda renoise: sampling.sample_flow(
         exact, torch.zeros(n, 0, 1), torch.zeros(n, 0, dtype=torch.bool), torch.ones(n, 1, dtype=torch.bool),
         steps=steps, cfg_scale=1.0, renoise=renoise, generator=torch.Generator().manual_seed(0))[:, 0, 0]
     ode = run(0.0)
@@ -289,7 +288,7 @@ def test_an_empty_prompt_is_the_dropped_context_path():
     dit = perturbed_dit()
     context, _, target_valid = context_batch()
     dropped = torch.zeros(context.shape[:2], dtype=torch.bool)
-    runs = [sample.sample_flow(dit, c, v, target_valid, steps=3, cfg_scale=1.0,
+    runs = [sampling.sample_flow(dit, c, v, target_valid, steps=3, cfg_scale=1.0,
                                generator=torch.Generator().manual_seed(0))
             for c, v in ((context, dropped), (context[:, :0], dropped[:, :0]))]
     assert torch.allclose(runs[0], runs[1], atol=1e-6)
@@ -298,7 +297,7 @@ def test_an_empty_prompt_is_the_dropped_context_path():
 def test_cfg_scale_one_is_the_conditional_model():
     dit = perturbed_dit()
     context, context_valid, target_valid = context_batch()
-    run = lambda **kw: sample.sample_flow(dit, context, context_valid, target_valid, steps=8,
+    run = lambda **kw: sampling.sample_flow(dit, context, context_valid, target_valid, steps=8,
                                           generator=torch.Generator().manual_seed(5), **kw)
     ours = run(cfg_scale=1.0)
     manual = manual_euler(dit, context, context_valid, target_valid, 8, torch.Generator().manual_seed(5))
@@ -317,7 +316,7 @@ def test_cfg_combines_conditional_and_unconditional_like_training():
     """v = v_u + s (v_c - v_u), with v_u the DiT on the target alone (fp64, tight)."""
     dit = perturbed_dit(dtype=torch.float64)
     context, context_valid, target_valid = context_batch()
-    ours = sample.sample_flow(dit, context, context_valid, target_valid, steps=6, cfg_scale=3.0,
+    ours = sampling.sample_flow(dit, context, context_valid, target_valid, steps=6, cfg_scale=3.0,
                               generator=torch.Generator().manual_seed(7), net_dtype=torch.float64)
     manual = manual_euler(dit, context, context_valid, target_valid, 6, torch.Generator().manual_seed(7),
                           scale=3.0, net_dtype=torch.float64)
@@ -331,7 +330,7 @@ def test_many_euler_steps_agree_with_heun():
         freqs = 1000 * torch.exp(-math.log(10000) * torch.arange(half) / half)
         dit.t_embedder.mlp[0].weight[:, torch.cat([freqs, freqs]) > 4] = 0
     context, context_valid, target_valid = context_batch(B=2)
-    run = lambda steps, solver: sample.sample_flow(
+    run = lambda steps, solver: sampling.sample_flow(
         dit, context, context_valid, target_valid, steps=steps, solver=solver, cfg_scale=1.0,
         generator=torch.Generator().manual_seed(3), net_dtype=torch.float64)
     heun = run(40, 'heun')
@@ -344,18 +343,18 @@ def test_many_euler_steps_agree_with_heun():
 def test_time_grids():
     for steps in (1, 2, 7, 50):
         for kind in ('uniform', 'logit_normal'):
-            g = sample.make_time_grid(steps, kind, std=1.5)
+            g = sampling.make_time_grid(steps, kind, std=1.5)
             assert g.dtype == torch.float64 and g.shape == (steps + 1,)
             assert g[0] == 0 and g[-1] == 1 and (g[1:] > g[:-1]).all()
-    g = sample.make_time_grid(10, 'logit_normal', std=1.5)
+    g = sampling.make_time_grid(10, 'logit_normal', std=1.5)
     assert torch.allclose(g + g.flip(0), torch.ones(11, dtype=torch.float64))   # symmetric around 0.5
     assert g[5] == 0.5
     # the inner points are the quantiles i/steps of sigmoid(N(0, std^2)), the training distribution
     normal = torch.distributions.Normal(0.0, 1.5)
     assert torch.allclose(normal.cdf(torch.logit(g[1:-1]).float()), torch.arange(1, 10) / 10, atol=1e-5)
-    assert torch.allclose(sample.make_time_grid(4), torch.tensor([0, 0.25, 0.5, 0.75, 1], dtype=torch.float64))
+    assert torch.allclose(sampling.make_time_grid(4), torch.tensor([0, 0.25, 0.5, 0.75, 1], dtype=torch.float64))
     with pytest.raises(ValueError):
-        sample.make_time_grid(4, 'cosine')
+        sampling.make_time_grid(4, 'cosine')
 
 
 # -----------------------------------------------------------------------------
@@ -533,10 +532,7 @@ def script_error(monkeypatch, script, *argv):
     """Run a stage script in this process with fresh defaults; return the SystemExit message."""
     monkeypatch.setattr(sys, 'argv', [script, *argv])
     with pytest.raises(SystemExit) as excinfo:
-        if script == 'sample.py':
-            importlib.reload(sample).main()
-        else:
-            runpy.run_path(os.path.join(ROOT, script), run_name='__main__')
+        runpy.run_path(os.path.join(ROOT, script), run_name='__main__')
     message = excinfo.value.code
     assert isinstance(message, str) and message, f"{script} should exit with a message, got {message!r}"
     return message

@@ -18,6 +18,7 @@ import common
 import corpus
 import eval as ev
 import helpers
+import sampling
 from model import GPT, GPTConfig
 
 MINILM = helpers.minilm_folder()
@@ -81,7 +82,7 @@ def test_unigram_entropy_of_known_distributions():
     ([], ([], False)),
 ])
 def test_end_of_text_policy(ids, expected):
-    assert ev.end_of_text(ids, EOT) == expected
+    assert sampling.end_of_text(ids, EOT) == expected
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,178 @@
+"""
+Continuing prompts, the library sample.py and eval.py share. TextLDM: encode the prompt with
+the VAE, draw Gaussian noise for the whole continuation, integrate the flow ODE from t = 0
+(noise) to t = 1 (data) with the DiT's velocity (Euler or Heun, classifier-free guidance; or
+stochastic Euler steps, renoise > 0), then decode every token in parallel with the VAE and cut
+at the first <|endoftext|>. The number of network evaluations does not grow with the length.
+The GPT baseline: its KV-cached sampler. The block-causal (Cola) sampler is in cola.py.
+"""
+import torch
+
+import common
+from model import clean_estimate
+
+
+# -----------------------------------------------------------------------------
+# The flow ODE
+
+def make_time_grid(steps, kind='uniform', std=1.5):
+    """steps + 1 times from 0 (noise) to 1 (data), fp64. 'logit_normal' spaces them like the
+    quantiles of the training distribution, so steps are dense where training put its weight."""
+    if kind == 'uniform':
+        return torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    if kind == 'logit_normal':
+        inner = torch.sigmoid(std * torch.special.ndtri(torch.arange(1, steps, dtype=torch.float64) / steps))
+        return torch.cat([torch.zeros(1, dtype=torch.float64), inner, torch.ones(1, dtype=torch.float64)])
+    raise ValueError(f"time grid {kind!r}: 'uniform' or 'logit_normal'")
+
+
+def guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net_dtype, x_self=None):
+    """The DiT's velocity at scalar time t for the target positions; with scale != 1 the
+    conditional and unconditional (no context) passes run as one batch and are combined:
+    v = v_uncond + scale * (v_cond - v_uncond). x_self: (B, ...) or, with scale != 1, (2B, ...)
+    previous clean estimates of the conditional (then unconditional) pass, for a self_cond DiT.
+    Returns the velocity and the raw velocities of the passes run (B or 2B rows)."""
+    B = x.shape[0]
+    times = torch.where(is_target, torch.full_like(x[..., 0], float(t)), torch.ones_like(x[..., 0]))
+    guided = scale != 1.0
+    if guided:
+        x, times = torch.cat([x, x]), torch.cat([times, times])
+        is_target, valid = torch.cat([is_target, is_target]), torch.cat([valid, unconditional_valid])
+    extra = {} if x_self is None else dict(x_self=x_self.to(net_dtype))
+    v = dit(x.to(net_dtype), times.to(net_dtype), is_target, valid, **extra).to(x.dtype)
+    return (v[B:] + scale * (v[:B] - v[B:]) if guided else v), v
+
+
+@torch.no_grad()
+def sample_flow(dit, context, context_valid, target_valid, steps=50, solver='euler', cfg_scale=7.0,
+                guidance_interval=(0.0, 1.0), grid='uniform', std=1.5, ode_dtype=torch.float64,
+                generator=None, net_dtype=torch.float32, renoise=0.0):
+    """Integrate the ODE for the target latents. context: (B, C, D) normalised clean latents
+    (C may be 0) with context_valid (B, C); target_valid (B, N). Returns (B, N, D) latents.
+    A self_cond DiT gets, at every evaluation, each pass's own previous clean estimate (zeros at
+    the first), as in training. renoise > 0: stochastic steps (see integrate)."""
+    B, C, D = context.shape
+    N = target_valid.shape[1]
+    noise = torch.randn(B, N, D, generator=generator, device=context.device, dtype=torch.float64)
+    context = context.to(ode_dtype)   # the ODE state is the target; the context stays clean
+    is_target = torch.arange(C + N, device=context.device).expand(B, -1) >= C
+    valid = torch.cat([context_valid, target_valid], dim=1)
+    unconditional_valid = valid & is_target
+    times = make_time_grid(steps, grid, std)
+    self_cond = getattr(getattr(dit, 'config', None), 'self_cond', False)
+    estimate = torch.zeros(2 * B, C + N, D, dtype=ode_dtype, device=context.device)  # conditional, unconditional
+
+    def velocity(x, t):
+        scale = cfg_scale if guidance_interval[0] <= t <= guidance_interval[1] else 1.0
+        passes = 2 * B if scale != 1.0 else B
+        x = torch.cat([context, x], dim=1)
+        v, raw = guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net_dtype,
+                                 estimate[:passes] if self_cond else None)
+        if self_cond:
+            x_passes = x.repeat(passes // B, 1, 1)
+            new = clean_estimate(x_passes, torch.full_like(x_passes[..., 0], t), raw)
+            estimate[:passes, C:] = new[:, C:]   # none for the (clean) context
+        return v[:, C:]
+
+    return integrate(velocity, noise.to(ode_dtype), times, solver, renoise, generator)
+
+
+def integrate(velocity, x, times, solver='euler', renoise=0.0, generator=None):
+    """Integrate dx/dt = velocity(x, t) over the time grid `times` (fp64, 0 -> 1).
+    renoise > 0 (Euler only): stochastic steps. On the straight path x_t = t x1 + (1 - t) x0 the
+    velocity gives both estimates, x1 = x_t + (1 - t) v and x0 = x_t - t v, and an Euler step is
+    exactly x' = t' x1 + (1 - t') x0. A stochastic step swaps that share of x0 for fresh noise z:
+    x' = t' x1 + (1 - t') (sqrt(1 - renoise^2) x0 + renoise z). renoise = 1 re-noises the clean
+    estimate at every step, so each step can revise what the last one chose; it concentrates the
+    samples (a lower temperature), unlike the ODE, which keeps the data's spread."""
+    for t0, t1 in zip(times[:-1].tolist(), times[1:].tolist()):
+        v0 = velocity(x, t0)
+        if solver == 'heun':
+            v1 = velocity(x + (t1 - t0) * v0, t1)
+            x = x + (t1 - t0) * 0.5 * (v0 + v1)
+        elif renoise > 0:
+            x1, x0 = x + (1 - t0) * v0, x - t0 * v0
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float64).to(x.dtype)
+            x = t1 * x1 + (1 - t1) * ((1 - renoise ** 2) ** 0.5 * x0 + renoise * z)
+        else:
+            x = x + (t1 - t0) * v0
+    return x
+
+
+# -----------------------------------------------------------------------------
+# TextLDM and GPT continuations, from token ids to token ids
+
+def pad_rows(rows, pad, device):
+    """list of id lists -> (B, max_len) long tensor right-padded with `pad`, and its valid mask."""
+    width = max([len(r) for r in rows] + [0])
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return ids.to(device), (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).to(device)
+
+
+def end_of_text(ids, eot):
+    """(tokens before the first eot, whether there was one): every sample is cut there."""
+    ids = list(ids)
+    return (ids[:ids.index(eot)], True) if eot in ids else (ids, False)
+
+
+def textldm_continue(dit, space, prompts, lengths, generator=None, **flow):
+    """Continue each prompt (a list of model ids, may be empty) by lengths[i] tokens."""
+    device = space.mean.device
+    context_ids, context_valid = pad_rows(prompts, space.vocab.eot, device)
+    context = (space.encode(context_ids, context_valid) if context_ids.shape[1]
+               else torch.zeros(len(prompts), 0, space.latent_dim, device=device))
+    _, target_valid = pad_rows([[0] * n for n in lengths], 0, device)
+    net_dtype = next(dit.parameters()).dtype
+    latents = sample_flow(dit, context, context_valid, target_valid, generator=generator,
+                          net_dtype=net_dtype, **flow)
+    ids = space.decode(latents, target_valid).cpu()
+    return [end_of_text(row[:n].tolist(), space.vocab.eot)[0] for row, n in zip(ids, lengths)]
+
+
+def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, top_k=0, top_p=1.0):
+    """Continue each prompt with the GPT's KV-cached sampler; an empty prompt starts after an
+    <|endoftext|>, i.e. at the beginning of a document."""
+    device = next(gpt.parameters()).device
+    out = []
+    for p, n in zip(prompts, lengths):
+        idx = torch.tensor([list(p) or [vocab.eot]], dtype=torch.long, device=device)
+        row = gpt.generate(idx, n, temperature=temperature, top_k=top_k or None,
+                           top_p=top_p if top_p < 1 else None, generator=generator)
+        out.append(end_of_text(row[0, idx.shape[1]:].tolist(), vocab.eot)[0])
+    return out
+
+
+def load_textldm(dit_path, device):
+    """(EMA DiT, LatentSpace) with the checks that a DiT and its VAE belong together, made on
+    the CPU before either is moved to `device`."""
+    dit, _, ckpt = common.load_model(dit_path, 'dit', ema=True)
+    vae_path = ckpt['model_args']['vae_path']
+    space = common.LatentSpace.load(vae_path)
+    if dit.config.latent_dim != space.latent_dim:
+        raise SystemExit(f"the DiT in {dit_path} was trained on {dit.config.latent_dim}-channel latents, "
+                         f"the VAE {vae_path} makes {space.latent_dim}")
+    if ckpt['model_args'].get('vocab_ids', space.vocab.state()) != space.vocab.state():
+        raise SystemExit(f"the DiT in {dit_path} was trained on latents of another vocabulary than "
+                         f"the VAE now at {vae_path}: was that file replaced?")
+    return dit.to(device), space.to(device)
+
+
+def check_flow_keys(solver, time_grid, ode_dtype, renoise):
+    """The sampler's keys, checked before any work (sample.py and eval.py)."""
+    if solver not in ('euler', 'heun'):
+        raise common.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")
+    if time_grid not in ('uniform', 'logit_normal'):
+        raise common.ConfigError(f"time_grid={time_grid!r}: 'uniform' or 'logit_normal'")
+    if ode_dtype not in ('float32', 'float64'):
+        raise common.ConfigError(f"ode_dtype={ode_dtype!r}: 'float32' or 'float64'")
+    if not 0 <= renoise <= 1 or (renoise and solver != 'euler'):
+        raise common.ConfigError(f"renoise={renoise}: stochastic steps take 0 <= renoise <= 1, with solver='euler'")
+
+
+def check_lengths(prompt_len, new_tokens, limits):
+    for name, limit in limits:
+        if prompt_len + new_tokens > limit:
+            raise SystemExit(f"prompt of {prompt_len} tokens + {new_tokens} new tokens exceeds the "
+                             f"{name}'s context of {limit} tokens: shorten the prompt or max_new_tokens")

@@ -42,13 +42,13 @@ seq_len = 128              # training window
 train_batch_size = 8
 train_iters = 20           # tokens/s is taken over the second half (compilation happens in the first)
 compile_modes = (False, True)
-sample_lengths = (128, 512, 1024)
-sample_batches = (1, 64)
-sample_prompt = 32         # prompt tokens before each continuation
-sample_steps = 50
-sample_cfg_scale = 7.0
-sample_cola_block = 16     # the block-causal (Cola) DiT: tokens per block (0 = leave it out)
-sample_cola_steps = 16     # Euler steps per block
+gen_lengths = (128, 512, 1024)
+gen_batches = (1, 64)
+gen_prompt = 32            # prompt tokens before each continuation
+gen_steps = 50
+gen_cfg_scale = 7.0
+gen_cola_block = 16        # the block-causal (Cola) DiT: tokens per block (0 = leave it out)
+gen_cola_steps = 16        # Euler steps per block
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -262,7 +262,7 @@ def bench_train(cfg):
 
 
 # -----------------------------------------------------------------------------
-# Sampling speed: TextLDM (all tokens at once, `sample_steps` ODE steps with CFG) against the
+# Sampling speed: TextLDM (all tokens at once, `gen_steps` ODE steps with CFG) against the
 # GPT with its key/value cache (one token per step). Weights are random: speed does not care.
 
 
@@ -284,32 +284,32 @@ def bench_sample(cfg):
     import model
     import cola
     import sampling
-    device, longest = cfg['device'], cfg['sample_prompt'] + max(cfg['sample_lengths'])
+    device, longest = cfg['device'], cfg['gen_prompt'] + max(cfg['gen_lengths'])
     net_dtype = torch.bfloat16 if cfg['dtype'] == 'bfloat16' and device.startswith('cuda') else torch.float32
 
     def build(cls, kind, **overrides):
         config = model.make_config(kind, cfg[f'{kind}_size'], block_size=longest, **overrides)
         return cls(config).to(device, net_dtype).eval()
     vae = build(model.TextVAE, 'vae')
-    D, block = vae.config.latent_dim, cfg['sample_cola_block']
+    D, block = vae.config.latent_dim, cfg['gen_cola_block']
     dit = build(model.DiT, 'dit', latent_dim=D)
     cola_dit = build(model.DiT, 'dit', latent_dim=D, latent_block=block) if block else None
     gpt = build(model.GPT, 'gpt')
     space = common.LatentSpace(vae, torch.zeros(D), torch.ones(D), common.Vocab())
-    flow = dict(cfg_scale=cfg['sample_cfg_scale'], ode_dtype=torch.float32)
+    flow = dict(cfg_scale=cfg['gen_cfg_scale'], ode_dtype=torch.float32)
     rows, generator = [], torch.Generator(device).manual_seed(cfg['seed'])
-    for length in cfg['sample_lengths']:
-        for batch in cfg['sample_batches']:
-            prompts = [list(range(1000, 1000 + cfg['sample_prompt']))] * batch
+    for length in cfg['gen_lengths']:
+        for batch in cfg['gen_batches']:
+            prompts = [list(range(1000, 1000 + cfg['gen_prompt']))] * batch
             textldm = timed(lambda: sampling.textldm_continue(dit, space, prompts, [length] * batch, generator=generator,
-                                                            steps=cfg['sample_steps'], **flow), device)
+                                                            steps=cfg['gen_steps'], **flow), device)
             seconds = {'TextLDM': textldm}
             if cola_dit is not None:  # every block to the full length (random weights would stop at any <|endoftext|>)
                 context_ids, context_valid = sampling.pad_rows(prompts, 0, device)
 
                 def cola_run():
                     latents = cola.sample_blocks(cola_dit, space.encode(context_ids, context_valid), context_valid,
-                                                 length, steps=cfg['sample_cola_steps'], generator=generator,
+                                                 length, steps=cfg['gen_cola_steps'], generator=generator,
                                                  net_dtype=net_dtype, **flow)
                     return space.decode(latents)
                 seconds['Cola'] = timed(cola_run, device)
@@ -322,11 +322,11 @@ def bench_sample(cfg):
                 row += [f'{seconds[k]:.3f}', f'{batch * length / seconds[k]:,.0f}']
             rows.append(row + [f"{seconds['GPT'] / seconds[k]:.1f}x" for k in seconds if k != 'GPT'])
     names = [k for k in seconds if k != 'GPT']
-    cola_text = (f"; Cola = the same DiT block-causal, blocks of {block}, {cfg['sample_cola_steps']} Euler steps "
+    cola_text = (f"; Cola = the same DiT block-causal, blocks of {block}, {cfg['gen_cola_steps']} Euler steps "
                  f"a block with CFG and a key/value cache of the finished blocks" if cola is not None else '')
-    print(f"Sampling a continuation after a {cfg['sample_prompt']}-token prompt: TextLDM "
+    print(f"Sampling a continuation after a {cfg['gen_prompt']}-token prompt: TextLDM "
           f"(DiT '{cfg['dit_size']}' {dit.num_params() / 1e6:.1f}M + VAE '{cfg['vae_size']}', "
-          f"{cfg['sample_steps']} Euler steps, CFG {cfg['sample_cfg_scale']}: two passes a step){cola_text}; "
+          f"{cfg['gen_steps']} Euler steps, CFG {cfg['gen_cfg_scale']}: two passes a step){cola_text}; "
           f"against GPT '{cfg['gpt_size']}' ({gpt.num_params() / 1e6:.1f}M) with a KV cache; "
           f"{device} {net_dtype}. {machine()}\n")
     table(('new tokens', 'batch', *[f'{k} {u}' for k in (*names, 'GPT') for u in ('s', 'tok/s')],

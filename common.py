@@ -447,12 +447,6 @@ def make_optimizer(model, learning_rate, weight_decay, beta1, beta2, device_type
 # returns a tuple of CPU tensors drawn with the numpy Generator `rng` (the data RNG, kept
 # apart from torch's so evaluation and model code never shift the data stream).
 
-TRAIN_DEFAULTS = dict(  # the keys train() reads; stage scripts copy these into their globals
-    max_iters=1000, eval_interval=100, eval_iters=20, log_interval=10, init_from='scratch',
-    batch_size=16, gradient_accumulation_steps=1, learning_rate=1e-4, min_lr=1e-5,
-    warmup_iters=100, lr_decay_iters=1000, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
-    wandb_log=False, wandb_project='textldm', wandb_run_name='run')
-
 
 def check_batch_split(cfg, world_size=None):
     """The global batch and the validation batches must split evenly across the ranks. Scripts

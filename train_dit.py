@@ -48,7 +48,25 @@ ema_decay = 0.9999
 prediction = 'v'           # the DiT outputs the velocity ('v') or the clean latents ('x'); the loss is on the velocity
 self_cond = False          # self-conditioning: the DiT also reads its previous clean estimate (TextLDM only;
                            # +1/6 compute per iteration); sample.py uses it whenever the DiT has it
-globals().update(common.TRAIN_DEFAULTS)
+# training: what common.train() reads
+init_from = 'scratch'      # or 'resume': continue from out_dir's checkpoint as if never stopped
+max_iters = 1000
+eval_interval = 100        # evaluate and checkpoint every this many iterations
+eval_iters = 20            # validation batches per evaluation (fixed, drawn once)
+log_interval = 10
+batch_size = 16            # windows per micro-step per rank
+gradient_accumulation_steps = 1  # micro-steps per optimizer step, over all ranks together
+learning_rate = 1e-4       # AdamW; linear warm-up, then cosine decay to min_lr at lr_decay_iters
+min_lr = 1e-5
+warmup_iters = 100
+lr_decay_iters = 1000
+weight_decay = 0.1         # on matrices only
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0            # global gradient norm; 0 = off
+wandb_log = False
+wandb_project = 'textldm'
+wandb_run_name = 'run'
 # -----------------------------------------------------------------------------
 config = common.configure(globals(), 'dit')
 common.check_precision(device, dtype)

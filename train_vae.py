@@ -48,7 +48,25 @@ repa_weight = 1.0          # lambda
 projector_dim = 2048       # hidden width of the REPA projector MLP
 stats_batches = 20         # batches of training windows for the latent mean/std
 compact_vocab = False      # renumber to the ids that occur in the data (small corpora, CPU)
-globals().update(common.TRAIN_DEFAULTS)
+# training: what common.train() reads
+init_from = 'scratch'      # or 'resume': continue from out_dir's checkpoint as if never stopped
+max_iters = 1000
+eval_interval = 100        # evaluate and checkpoint every this many iterations
+eval_iters = 20            # validation batches per evaluation (fixed, drawn once)
+log_interval = 10
+batch_size = 16            # windows per micro-step per rank
+gradient_accumulation_steps = 1  # micro-steps per optimizer step, over all ranks together
+learning_rate = 1e-4       # AdamW; linear warm-up, then cosine decay to min_lr at lr_decay_iters
+min_lr = 1e-5
+warmup_iters = 100
+lr_decay_iters = 1000
+weight_decay = 0.1         # on matrices only
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0            # global gradient norm; 0 = off
+wandb_log = False
+wandb_project = 'textldm'
+wandb_run_name = 'run'
 # -----------------------------------------------------------------------------
 config = common.configure(globals(), 'vae')
 common.check_precision(device, dtype)

@@ -9,9 +9,9 @@ def table_rows(output):
 
 
 def test_bench_sample_tiny():
-    out = helpers.run_script('bench.py', '--what=sample', '--sample_lengths=(8,)', '--sample_batches=(1, 2)',
-                             '--sample_steps=2', '--sample_prompt=4', '--sample_cola_block=4',
-                             '--sample_cola_steps=2').stdout
+    out = helpers.run_script('bench.py', '--what=sample', '--gen_lengths=(8,)', '--gen_batches=(1, 2)',
+                             '--gen_steps=2', '--gen_prompt=4', '--gen_cola_block=4',
+                             '--gen_cola_steps=2').stdout
     rows = table_rows(out)
     header = [cell.strip() for cell in rows[0].strip('|').split('|')]
     assert header[:2] == ['new tokens', 'batch'] and len(rows) == 3  # header + 2 batch sizes

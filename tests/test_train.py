@@ -486,3 +486,49 @@ def test_configure_errors(tmp_path):
         with pytest.raises(SystemExit) as e:
             configure(tmp_path, '', bad)
         assert key in str(e.value.code) and e.value.code not in (0, None)
+
+
+# Every script reads every config file: a config file holds the keys of all stages, and a key of
+# one script is never taken for another stage's with another meaning (bench.py's own
+# `sample_prompt`, an int, once read the sample stage's prompt text and stopped).
+SCRIPTS = {'prepare.py': 'prepare', 'train_gpt.py': 'gpt', 'train_vae.py': 'vae', 'train_dit.py': 'dit',
+           'sample.py': 'sample', 'eval.py': 'eval', 'bench.py': 'bench', 'rehearsal.py': 'rehearsal'}
+
+
+def script_defaults(script):
+    """A script's configurable defaults, read from its top-level assignments without running its
+    work: everything before its call of common.configure, lower-case names, plain values."""
+    import ast
+    path = os.path.join(helpers.ROOT, script)
+    namespace = {'torch': torch, 'os': os, '__file__': path}
+    for node in ast.parse(open(path).read()).body:
+        if 'common.configure' in ast.unparse(node):
+            break
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            exec(compile(ast.Module(body=[node], type_ignores=[]), path, 'exec'), namespace)
+    return {k: v for k, v in namespace.items() if k.islower() and not k.startswith('_')
+            and isinstance(v, (int, float, bool, str, tuple, list, type(None)))}
+
+
+def test_every_script_reads_every_config_file(monkeypatch):
+    monkeypatch.chdir(helpers.ROOT)   # config/cola.py reads config/tiny.py
+    configs = sorted(os.path.join('config', f) for f in os.listdir('config') if f.endswith('.py'))
+    assert 'config/owt.py' in configs and 'config/tiny.py' in configs
+    for script, stage in SCRIPTS.items():
+        defaults = script_defaults(script)
+        assert {'out_dir', 'data_dir', 'device', 'dtype', 'compile', 'seed'} <= set(defaults) or \
+            script == 'rehearsal.py', script
+        for config in configs:
+            common.configure(dict(defaults), stage, [config])   # raises ConfigError on a clash
+
+
+def test_no_key_reads_as_another_stages_key_of_another_type():
+    defaults = {stage: script_defaults(script) for script, stage in SCRIPTS.items()}
+    assert {'learning_rate', 'max_iters', 'batch_size'} <= set(defaults['dit'])   # shown at the top
+    for stage, keys in defaults.items():
+        for key, value in keys.items():
+            for other, other_keys in defaults.items():
+                rest = key[len(other) + 1:] if key.startswith(other + '_') and other != stage else None
+                if rest in other_keys and None not in (value, other_keys[rest]):
+                    assert type(value) is type(other_keys[rest]) or {type(value), type(other_keys[rest])} <= {int, float}, \
+                        f"{stage}'s {key}={value!r} reads as {other}'s {rest}={other_keys[rest]!r}"

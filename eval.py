@@ -226,9 +226,7 @@ def batches_within(prompts, lengths, context):
 
 def textldm_candidate(label, path):
     dit, space = sampling.load_textldm(path, device)
-    flow = dict(steps=steps, solver=solver, cfg_scale=cfg_scale, grid=time_grid, std=logit_normal_std,
-                guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype),
-                renoise=renoise)
+    flow = sampling.flow_options(globals())
     context = min(dit.config.block_size, space.block_size)
     if getattr(dit.config, 'latent_block', 0):  # a Cola DiT: block by block, until every row ends
         run, flow = cola.cola_continue, dict(flow, steps=steps_per_block)
@@ -543,7 +541,7 @@ def evaluate_set(name, candidates, doc_len, length, judge_lm):
 def main():
     config = common.configure(globals(), 'eval')
     common.check_precision(device, dtype)
-    sampling.check_flow_keys(solver, time_grid, ode_dtype, renoise)
+    sampling.flow_options(config)   # the sampler's keys, checked before any model loads
     sets = split_sets(eval_set)
     for name in sets or ['']:
         if not (name in ('synthetic', *HUB_SETS) or name.startswith('file:')):

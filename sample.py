@@ -14,8 +14,7 @@ import torch
 
 import common
 from cola import cola_continue
-from sampling import (check_flow_keys, check_lengths, gpt_continue, load_textldm,
-                      textldm_continue)
+from sampling import check_lengths, flow_options, gpt_continue, load_textldm, textldm_continue
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `sample_key` in a config file is ours alone)
@@ -49,8 +48,9 @@ top_p = 1.0                # 1 = off
 
 
 def main():
-    common.configure(globals(), 'sample')
+    config = common.configure(globals(), 'sample')
     common.check_precision(device, dtype)
+    flow = flow_options(config)
     text = prompt
     if text.startswith('FILE:'):
         with open(text[5:], encoding='utf-8') as f:
@@ -58,14 +58,10 @@ def main():
     generator = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)
     if model == 'textldm':
-        check_flow_keys(solver, time_grid, ode_dtype, renoise)
         dit, space = load_textldm(dit_path, device)
         vocab, prompt_ids = space.vocab, space.vocab.encode(text).tolist()
         check_lengths(len(prompt_ids), max_new_tokens, [('DiT', dit.config.block_size)])
         check_lengths(len(prompt_ids), 0, [('VAE', space.block_size)])
-        flow = dict(steps=steps, solver=solver, cfg_scale=cfg_scale, grid=time_grid, std=logit_normal_std,
-                    guidance_interval=(guidance_min_t, guidance_max_t), ode_dtype=getattr(torch, ode_dtype),
-                    renoise=renoise)
         if dit.config.latent_block:   # a Cola DiT: block by block, sample 0 printed as it comes
             print(f"Cola, blocks of {dit.config.latent_block} latents; sample 0 as decoded:\n{text}", end='')
             stream = lambda new: print(vocab.decode(new[0]), end='', flush=True)

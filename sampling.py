@@ -159,8 +159,10 @@ def load_textldm(dit_path, device):
     return dit.to(device), space.to(device)
 
 
-def check_flow_keys(solver, time_grid, ode_dtype, renoise):
-    """The sampler's keys, checked before any work (sample.py and eval.py)."""
+def flow_options(cfg):
+    """sample_flow's keywords from a config holding the sampler's keys (sample.py's and eval.py's),
+    checked before any work. A block-causal (Cola) DiT takes cfg['steps_per_block'] instead."""
+    solver, time_grid, ode_dtype, renoise = cfg['solver'], cfg['time_grid'], cfg['ode_dtype'], cfg['renoise']
     if solver not in ('euler', 'heun'):
         raise common.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")
     if time_grid not in ('uniform', 'logit_normal'):
@@ -169,6 +171,9 @@ def check_flow_keys(solver, time_grid, ode_dtype, renoise):
         raise common.ConfigError(f"ode_dtype={ode_dtype!r}: 'float32' or 'float64'")
     if not 0 <= renoise <= 1 or (renoise and solver != 'euler'):
         raise common.ConfigError(f"renoise={renoise}: stochastic steps take 0 <= renoise <= 1, with solver='euler'")
+    return dict(steps=cfg['steps'], solver=solver, cfg_scale=cfg['cfg_scale'], grid=time_grid,
+                std=cfg['logit_normal_std'], guidance_interval=(cfg['guidance_min_t'], cfg['guidance_max_t']),
+                ode_dtype=getattr(torch, ode_dtype), renoise=renoise)
 
 
 def check_lengths(prompt_len, new_tokens, limits):

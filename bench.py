@@ -18,7 +18,9 @@ import sys
 import tempfile
 import time
 
-import common
+import configurator
+import latent_space
+import tokenization
 
 # -----------------------------------------------------------------------------
 out_dir = 'out/bench'
@@ -100,8 +102,8 @@ def owt2_archive(path, texts, shards=8):
 # runs prepare.py and adds its CPU time (after imports; its workers included) and peak memory
 PREPARE_CHILD = """
 import json, resource, sys
-import common, prepare
-common.get_tokenizer()
+import tokenization, prepare
+tokenization.get_tokenizer()
 def cpu(who):
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
@@ -129,7 +131,7 @@ def run_prepare(archive, data_dir, num_proc):
 
 def import_rss_mib():
     """Peak memory of a process that only imports prepare.py and loads the tokenizer."""
-    code = ('import resource, common, prepare; common.get_tokenizer(); '
+    code = ('import resource, tokenization, prepare; tokenization.get_tokenizer(); '
             'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)')
     return float(subprocess.check_output([sys.executable, '-c', LAUNCHER, sys.executable, '-c', code],
                                          cwd=ROOT, text=True))
@@ -137,7 +139,7 @@ def import_rss_mib():
 
 def tiktoken_speed(texts, how):
     """Plain tiktoken on texts in memory: (tokens, seconds, CPU seconds)."""
-    encoding = common.get_tokenizer()
+    encoding = tokenization.get_tokenizer()
     start, start_cpu = time.time(), time.process_time()
     if how == 'encode_ordinary':
         n = sum(len(encoding.encode_ordinary(text)) for text in texts)
@@ -199,7 +201,7 @@ def bench_corpus(cfg):
     start, start_cpu = time.time(), time.process_time()
     stories = list(corpus.generate_stories(cfg['corpus_stories'], 0))
     seconds, cpu = time.time() - start, time.process_time() - start_cpu
-    tokens = sum(map(len, common.get_tokenizer().encode_ordinary_batch(stories)))
+    tokens = sum(map(len, tokenization.get_tokenizer().encode_ordinary_batch(stories)))
     print(f"corpus.generate_stories: {machine()}\n")
     table(('stories', 'tokens', 'tokens per story', 'seconds', 'tokens/s', 'CPU seconds', 'tokens per CPU second'),
           [(f'{len(stories):,}', f'{tokens:,}', f'{tokens / len(stories):.1f}', f'{seconds:.2f}',
@@ -295,7 +297,7 @@ def bench_sample(cfg):
     dit = build(model.DiT, 'dit', latent_dim=D)
     cola_dit = build(model.DiT, 'dit', latent_dim=D, latent_block=block) if block else None
     gpt = build(model.GPT, 'gpt')
-    space = common.LatentSpace(vae, torch.zeros(D), torch.ones(D), common.Vocab())
+    space = latent_space.LatentSpace(vae, torch.zeros(D), torch.ones(D), tokenization.Vocab())
     flow = dict(cfg_scale=cfg['gen_cfg_scale'], ode_dtype=torch.float32)
     rows, generator = [], torch.Generator(device).manual_seed(cfg['seed'])
     for length in cfg['gen_lengths']:
@@ -334,9 +336,9 @@ def bench_sample(cfg):
 
 
 if __name__ == '__main__':
-    config = common.configure(globals(), 'bench')
+    config = configurator.configure(globals(), 'bench')
     for name in what.split(','):
         benches = {'prepare': bench_prepare, 'corpus': bench_corpus, 'train': bench_train, 'sample': bench_sample}
         if name.strip() not in benches:
-            raise common.ConfigError(f"what={name!r}: choose from {', '.join(benches)}")
+            raise configurator.ConfigError(f"what={name!r}: choose from {', '.join(benches)}")
         benches[name.strip()](config)

@@ -42,7 +42,9 @@ import torch
 import torch.nn.functional as F
 
 import cola
-import common
+import configurator
+import tokenization
+import training
 import corpus
 import sampling
 
@@ -188,7 +190,7 @@ def select_documents(texts, n, min_tokens, seed):
     for start in range(0, len(order), step):
         chunk = order[start:start + step]
         for text in texts.take(chunk) if hasattr(texts, 'take') else [texts[i] for i in chunk]:
-            ids = common.encode(text or '')  # a null row is an empty document
+            ids = tokenization.encode(text or '')  # a null row is an empty document
             docs += [ids] if len(ids) >= min_tokens else []
             if len(docs) == n:
                 return docs
@@ -264,7 +266,7 @@ def by_prompt_length(label, continue_batch):
 
 
 def gpt_candidate(label, path):
-    gpt, vocab, _ = common.load_model(path, 'gpt')
+    gpt, vocab, _ = training.load_model(path, 'gpt')
     gpt.to(device)
 
     def continue_batch(prompts, n, generator):  # an empty prompt starts after <|endoftext|>
@@ -284,7 +286,7 @@ class HFModel:
         try:
             self.model = AutoModelForCausalLM.from_pretrained(name).eval().to(device)
             compact = getattr(self.model.config, 'textldm_vocab_ids', None)
-            self.vocab = common.Vocab(compact) if compact is not None else None
+            self.vocab = tokenization.Vocab(compact) if compact is not None else None
             self.tokenizer = None if self.vocab else AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError, KeyError) as e:
             raise SystemExit(f"cannot load the {what} '{name}' as a transformers causal LM: {e}")
@@ -296,20 +298,20 @@ class HFModel:
     def from_gpt2(self, ids):
         if self.vocab:
             return self.vocab.from_gpt2(ids).tolist()
-        return self.tokenizer(common.decode(ids), add_special_tokens=False)['input_ids']
+        return self.tokenizer(tokenization.decode(ids), add_special_tokens=False)['input_ids']
 
     def to_gpt2(self, ids):
-        return self.vocab.to_gpt2(ids).tolist() if self.vocab else common.encode(self.tokenizer.decode(ids))
+        return self.vocab.to_gpt2(ids).tolist() if self.vocab else tokenization.encode(self.tokenizer.decode(ids))
 
     def judged(self, ids, ended):
         """What the judge scores of a sample (GPT-2 ids): <|endoftext|>, its text re-tokenized
         and <|endoftext|> if it ended. A compact vocabulary lacks the tokens its corpus never had;
         if the text re-tokenizes into one, the tokens as generated are scored instead."""
-        text = common.decode(ids)
+        text = tokenization.decode(ids)
         if self.vocab is None:
             tokens = self.tokenizer(text, add_special_tokens=False)['input_ids']
         else:
-            mapped = self.vocab.lookup[common.encode(text)]
+            mapped = self.vocab.lookup[tokenization.encode(text)]
             tokens = (mapped if (mapped >= 0).all() else self.vocab.from_gpt2(ids)).tolist()
         return ([self.bos] + tokens + [self.eot] * ended)[:self.context]
 
@@ -319,7 +321,7 @@ def hf_candidate(label, name):
 
     @torch.no_grad()
     def continue_batch(prompts, n, generator):  # generate() draws from torch's RNG, seeded per model
-        rows = [lm.from_gpt2(p) if p and p != [common.EOT] else [lm.bos] for p in prompts]  # left-padded:
+        rows = [lm.from_gpt2(p) if p and p != [tokenization.EOT] else [lm.bos] for p in prompts]  # left-padded:
         width = max(map(len, rows))  # another tokenizer may give the prompts different lengths
         x = torch.tensor([[lm.eot] * (width - len(r)) + r for r in rows], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
@@ -327,7 +329,7 @@ def hf_candidate(label, name):
         y = lm.model.generate(x, attention_mask=mask, max_new_tokens=n, eos_token_id=lm.eot, pad_token_id=lm.eot,
                               **(options or dict(do_sample=False)))[:, width:].tolist()
         # in GPT-2 ids, with <|endoftext|> kept where the model ended, for the caller's cut
-        return [lm.to_gpt2(sampling.end_of_text(r, lm.eot)[0]) + [common.EOT] * (lm.eot in r) for r in y], common.EOT
+        return [lm.to_gpt2(sampling.end_of_text(r, lm.eot)[0]) + [tokenization.EOT] * (lm.eot in r) for r in y], tokenization.EOT
     return dict(label=label, context=lm.context, space=None, generate=by_prompt_length(label, continue_batch))
 
 
@@ -338,7 +340,7 @@ def load_candidate(spec):
     if kind in ('textldm', 'gpt') or (kind == 'hf' and path):
         make = dict(textldm=textldm_candidate, gpt=gpt_candidate, hf=hf_candidate)[kind]
         return make(label or rest, path or dict(textldm=dit_path, gpt=gpt_path)[kind])
-    raise common.ConfigError(f"model: {spec!r} is not textldm[:PATH], gpt[:PATH] or hf:NAME_OR_FOLDER")
+    raise configurator.ConfigError(f"model: {spec!r} is not textldm[:PATH], gpt[:PATH] or hf:NAME_OR_FOLDER")
 
 
 # -----------------------------------------------------------------------------
@@ -423,7 +425,7 @@ def judge_nll(lm, sequences):
 def unconditional_metrics(samples, judge_lm):
     """[(GPT-2 ids, ended)] -> gen-PPL (exp of the NLL per scored token, pooled over samples; not
     in [0, 1]), mean unigram entropy of the texts' GPT-2 tokens, mean length, share of empties."""
-    ids = [common.encode(common.decode(sample_ids)) for sample_ids, _ in samples]
+    ids = [tokenization.encode(tokenization.decode(sample_ids)) for sample_ids, _ in samples]
     m = dict(entropy=float(np.mean([unigram_entropy(i) for i in ids])), uncond_tokens=float(np.mean([len(i) for i in ids])),
              uncond_empty=float(np.mean([len(i) == 0 for i in ids])))
     if judge_lm is not None:
@@ -482,18 +484,18 @@ def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_
     print(f"{label}: continuing {len(prompts)} prompts, then {num_uncond} unconditional samples", flush=True)
     generator = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)  # every model draws from the same seeds, whatever ran before it
-    with common.autocast('cuda' if device.startswith('cuda') else 'cpu', dtype):
-        continuations = [common.decode(ids) for ids, _ in cand['generate'](prompts, [len(r) for r in remainders], generator)]
+    with training.autocast('cuda' if device.startswith('cuda') else 'cpu', dtype):
+        continuations = [tokenization.decode(ids) for ids, _ in cand['generate'](prompts, [len(r) for r in remainders], generator)]
         uncond = cand['generate']([[]] * num_uncond, [length] * num_uncond, generator) if num_uncond else []
     print(f"{label}: scoring", flush=True)
     row = continuation_metrics(continuations, references, prompt_texts, checker)
     row.update(unconditional_metrics(uncond, judge_lm) if uncond else {})
     if cand['space'] is not None and recon and os.path.isfile(os.path.join(data_dir, 'meta.json')):
-        data = common.TokenData(data_dir, vocab=cand['space'].vocab)
+        data = tokenization.TokenData(data_dir, vocab=cand['space'].vocab)
         row['vae_recon_acc'] = recon_accuracy(cand['space'], data, recon_batches, np.random.default_rng([seed, 2]))
     records = [dict(model=label, kind='continuation', doc=i, prompt=p, reference=r, continuation=c)
                for i, (p, r, c) in enumerate(zip(prompt_texts, references, continuations))]
-    records += [dict(model=label, kind='unconditional', sample=i, text=common.decode(ids), ended=ended)
+    records += [dict(model=label, kind='unconditional', sample=i, text=tokenization.decode(ids), ended=ended)
                 for i, (ids, ended) in enumerate(uncond)]
     return dict(row, seconds=time.time() - t0), records
 
@@ -521,7 +523,7 @@ def evaluate_set(name, candidates, doc_len, length, judge_lm):
     docs = [d[:doc_len] for d in full]
     cuts = cut_points([len(d) for d in docs], seed)
     prompts, remainders = [d[:c] for d, c in zip(docs, cuts)], [d[c:] for d, c in zip(docs, cuts)]
-    prompt_texts, references = [common.decode(p) for p in prompts], [common.decode(r) for r in remainders]
+    prompt_texts, references = [tokenization.decode(p) for p in prompts], [tokenization.decode(r) for r in remainders]
     print(f"{len(docs)} documents of <= {doc_len} tokens (mean {np.mean([len(d) for d in docs]):.0f}); "
           f"unconditional samples of {length} tokens", flush=True)
     checker = name == 'synthetic'  # the embedded corpus has a grammar and facts to check
@@ -539,22 +541,22 @@ def evaluate_set(name, candidates, doc_len, length, judge_lm):
 
 
 def main():
-    config = common.configure(globals(), 'eval')
-    common.check_precision(device, dtype)
+    config = configurator.configure(globals(), 'eval')
+    training.check_precision(device, dtype)
     sampling.flow_options(config)   # the sampler's keys, checked before any model loads
     sets = split_sets(eval_set)
     for name in sets or ['']:
         if not (name in ('synthetic', *HUB_SETS) or name.startswith('file:')):
-            raise common.ConfigError(f"eval_set={name!r}: 'synthetic', 'file:PATHS' or one of {', '.join(HUB_SETS)}, "
+            raise configurator.ConfigError(f"eval_set={name!r}: 'synthetic', 'file:PATHS' or one of {', '.join(HUB_SETS)}, "
                                      f"comma-separated")
     if min_doc_tokens < 4 or num_docs < 1 or num_uncond < 0:
-        raise common.ConfigError("min_doc_tokens must be >= 4, num_docs >= 1 and num_uncond >= 0")
+        raise configurator.ConfigError("min_doc_tokens must be >= 4, num_docs >= 1 and num_uncond >= 0")
     t_start = time.time()
     candidates = [load_candidate(s.strip()) for s in model.split(',') if s.strip()]
     context = min(c['context'] for c in candidates)
     doc_len, length = max_doc_tokens or context, uncond_length or context - 1
     if doc_len > context or length >= context:
-        raise common.ConfigError(f"max_doc_tokens={doc_len} must be at most, uncond_length={length} below, "
+        raise configurator.ConfigError(f"max_doc_tokens={doc_len} must be at most, uncond_length={length} below, "
                                  f"the smallest context of the models, {context}")
     judge_lm = HFModel(judge, 'judge') if gen_ppl and num_uncond else None
     results, records = {}, []

@@ -13,7 +13,7 @@ if [ "${1:-}" = fetch ]; then
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl zstandard==0.25.0 nltk==3.10.4
     python3 -m pip wheel -q --no-deps rouge-score==0.1.2 -w .whl
-    cp "$(python3 -c 'import common; print(common._gpt2_ranks_path())')" .whl/gpt2.tiktoken
+    cp "$(python3 -c 'import tokenization; print(tokenization._gpt2_ranks_path())')" .whl/gpt2.tiktoken
     ls -l .whl
     exit 0
 fi

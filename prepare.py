@@ -32,11 +32,12 @@ from multiprocessing import Pool
 import numpy as np
 import zstandard
 
-import common
+import configurator
+import tokenization
 import corpus
 
 # -----------------------------------------------------------------------------
-# defaults, overridden by the config file and --key=value (see common.configure)
+# defaults, overridden by the config file and --key=value (see configurator.configure)
 out_dir = 'out/tiny'
 data_dir = 'data/tiny'
 device = 'cpu'         # device, dtype, compile: unused here, known to every script
@@ -271,7 +272,7 @@ def download(url, path, retries):
 def tokenize(documents):
     """Documents -> (uint16 ids with EOT after each document, tokens per document, number of
     empty documents, which are skipped). Runs in the worker processes."""
-    encoding, eot = common.get_tokenizer(), np.array([common.EOT], dtype=np.uint32)
+    encoding, eot = tokenization.get_tokenizer(), np.array([tokenization.EOT], dtype=np.uint32)
     pieces, lengths, empty = [], [], 0
     for text in documents:
         if not text or text.isspace():
@@ -309,7 +310,7 @@ def tokenized(chunks, num_proc):
     if num_proc <= 1:
         yield from map(tokenize, chunks)
         return
-    common.get_tokenizer()  # load it once here, so that forked workers inherit it
+    tokenization.get_tokenizer()  # load it once here, so that forked workers inherit it
     with Pool(num_proc) as pool:
         pending = deque()
         for chunk in chunks:
@@ -364,7 +365,7 @@ def documents_of(cfg, reader):
 
 
 def main(argv=None):
-    cfg = common.configure(dict(DEFAULTS), 'prepare', argv)
+    cfg = configurator.configure(dict(DEFAULTS), 'prepare', argv)
     if not 0 <= cfg['val_fraction'] < 1:
         fail(f"val_fraction={cfg['val_fraction']} must be in [0, 1)")
     os.makedirs(cfg['data_dir'], exist_ok=True)
@@ -383,7 +384,7 @@ def main(argv=None):
         if n['train_docs'] == 0 or n['val_docs'] == 0:
             fail(f"{n['train_docs']} train and {n['val_docs']} val documents: need both "
                  f"(change val_fraction={cfg['val_fraction']} or add documents)")
-        meta = dict(tokenizer='gpt2', vocab_size=common.VOCAB_SIZE, dtype='uint16', eot=common.EOT,
+        meta = dict(tokenizer='gpt2', vocab_size=tokenization.VOCAB_SIZE, dtype='uint16', eot=tokenization.EOT,
                     **n, bad_lines=reader.bad_lines, skipped_members=reader.skipped_members,
                     source=cfg['dataset'], **source, max_docs=cfg['max_docs'],
                     val_fraction=cfg['val_fraction'], split_seed=cfg['split_seed'])

@@ -28,7 +28,7 @@ import sys
 import tarfile
 import time
 
-import common
+import configurator
 import corpus
 
 # -----------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def last_log_line(stdout, stage):
 
 
 def main():
-    common.configure(globals(), 'rehearsal')
+    configurator.configure(globals(), 'rehearsal')
     scale = 'gpu' if gpu else 'cpu'
     s = dict(SCALES[scale], **(DRY_RUN if gpu and dry_run else {}))
     paths = {k: os.path.abspath(os.path.join(work_dir, v)) for k, v in dict(

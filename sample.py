@@ -12,7 +12,8 @@ import time
 
 import torch
 
-import common
+import configurator
+import training
 from cola import cola_continue
 from sampling import check_lengths, flow_options, gpt_continue, load_textldm, textldm_continue
 
@@ -48,8 +49,8 @@ top_p = 1.0                # 1 = off
 
 
 def main():
-    config = common.configure(globals(), 'sample')
-    common.check_precision(device, dtype)
+    config = configurator.configure(globals(), 'sample')
+    training.check_precision(device, dtype)
     flow = flow_options(config)
     text = prompt
     if text.startswith('FILE:'):
@@ -75,16 +76,16 @@ def main():
             run = lambda: textldm_continue(dit, space, [prompt_ids] * num_samples, [max_new_tokens] * num_samples,
                                            generator=generator, **flow)
     elif model == 'gpt':
-        gpt, vocab, _ = common.load_model(gpt_path, 'gpt')
+        gpt, vocab, _ = training.load_model(gpt_path, 'gpt')
         gpt.to(device)
         prompt_ids = vocab.encode(text).tolist()
         check_lengths(max(1, len(prompt_ids)), max_new_tokens, [('GPT', gpt.config.block_size)])
         run = lambda: gpt_continue(gpt, vocab, [prompt_ids] * num_samples, [max_new_tokens] * num_samples,
                                    generator=generator, temperature=temperature, top_k=top_k, top_p=top_p)
     else:
-        raise common.ConfigError(f"model={model!r}: 'textldm' or 'gpt'")
+        raise configurator.ConfigError(f"model={model!r}: 'textldm' or 'gpt'")
     t0 = time.time()
-    with common.autocast('cuda' if device.startswith('cuda') else 'cpu', dtype):
+    with training.autocast('cuda' if device.startswith('cuda') else 'cpu', dtype):
         continuations = [vocab.decode(ids) for ids in run()]
     print(f"{num_samples} samples of up to {max_new_tokens} tokens with {model} in {time.time() - t0:.2f}s")
     records = [{'model': model, 'seed': seed, 'sample': i, 'prompt': text, 'continuation': c}

@@ -8,7 +8,9 @@ The GPT baseline: its KV-cached sampler. The block-causal (Cola) sampler is in c
 """
 import torch
 
-import common
+import configurator
+import latent_space
+import training
 from model import clean_estimate
 
 
@@ -147,9 +149,9 @@ def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, 
 def load_textldm(dit_path, device):
     """(EMA DiT, LatentSpace) with the checks that a DiT and its VAE belong together, made on
     the CPU before either is moved to `device`."""
-    dit, _, ckpt = common.load_model(dit_path, 'dit', ema=True)
+    dit, _, ckpt = training.load_model(dit_path, 'dit', ema=True)
     vae_path = ckpt['model_args']['vae_path']
-    space = common.LatentSpace.load(vae_path)
+    space = latent_space.LatentSpace.load(vae_path)
     if dit.config.latent_dim != space.latent_dim:
         raise SystemExit(f"the DiT in {dit_path} was trained on {dit.config.latent_dim}-channel latents, "
                          f"the VAE {vae_path} makes {space.latent_dim}")
@@ -164,13 +166,13 @@ def flow_options(cfg):
     checked before any work. A block-causal (Cola) DiT takes cfg['steps_per_block'] instead."""
     solver, time_grid, ode_dtype, renoise = cfg['solver'], cfg['time_grid'], cfg['ode_dtype'], cfg['renoise']
     if solver not in ('euler', 'heun'):
-        raise common.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")
+        raise configurator.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")
     if time_grid not in ('uniform', 'logit_normal'):
-        raise common.ConfigError(f"time_grid={time_grid!r}: 'uniform' or 'logit_normal'")
+        raise configurator.ConfigError(f"time_grid={time_grid!r}: 'uniform' or 'logit_normal'")
     if ode_dtype not in ('float32', 'float64'):
-        raise common.ConfigError(f"ode_dtype={ode_dtype!r}: 'float32' or 'float64'")
+        raise configurator.ConfigError(f"ode_dtype={ode_dtype!r}: 'float32' or 'float64'")
     if not 0 <= renoise <= 1 or (renoise and solver != 'euler'):
-        raise common.ConfigError(f"renoise={renoise}: stochastic steps take 0 <= renoise <= 1, with solver='euler'")
+        raise configurator.ConfigError(f"renoise={renoise}: stochastic steps take 0 <= renoise <= 1, with solver='euler'")
     return dict(steps=cfg['steps'], solver=solver, cfg_scale=cfg['cfg_scale'], grid=time_grid,
                 std=cfg['logit_normal_std'], guidance_interval=(cfg['guidance_min_t'], cfg['guidance_max_t']),
                 ode_dtype=getattr(torch, ode_dtype), renoise=renoise)

@@ -19,7 +19,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import common
+import configurator
+import latent_space
+import tokenization
+import training
 from cola import block_flow_matching_loss
 from model import DiT, flow_matching_loss, make_config
 
@@ -48,7 +51,7 @@ ema_decay = 0.9999
 prediction = 'v'           # the DiT outputs the velocity ('v') or the clean latents ('x'); the loss is on the velocity
 self_cond = False          # self-conditioning: the DiT also reads its previous clean estimate (TextLDM only;
                            # +1/6 compute per iteration); sample.py uses it whenever the DiT has it
-# training: what common.train() reads
+# training: what training.train() reads
 init_from = 'scratch'      # or 'resume': continue from out_dir's checkpoint as if never stopped
 max_iters = 1000
 eval_interval = 100        # evaluate and checkpoint every this many iterations
@@ -68,15 +71,15 @@ wandb_log = False
 wandb_project = 'textldm'
 wandb_run_name = 'run'
 # -----------------------------------------------------------------------------
-config = common.configure(globals(), 'dit')
-common.check_precision(device, dtype)
-common.check_batch_split(config)
+config = configurator.configure(globals(), 'dit')
+training.check_precision(device, dtype)
+training.check_batch_split(config)
 if timestep_sampling not in ('logit_normal', 'uniform'):
-    raise common.ConfigError(f"timestep_sampling={timestep_sampling!r}: 'logit_normal' or 'uniform'")
+    raise configurator.ConfigError(f"timestep_sampling={timestep_sampling!r}: 'logit_normal' or 'uniform'")
 if latent_block < 0:
-    raise common.ConfigError(f"latent_block={latent_block} must be >= 0 (0 = TextLDM)")
+    raise configurator.ConfigError(f"latent_block={latent_block} must be >= 0 (0 = TextLDM)")
 if self_cond and latent_block:
-    raise common.ConfigError("self_cond=True is for TextLDM (latent_block=0), not the block-causal Cola prior")
+    raise configurator.ConfigError("self_cond=True is for TextLDM (latent_block=0), not the block-causal Cola prior")
 
 
 def sample_timesteps(n, device):
@@ -153,34 +156,34 @@ def batch_fn(split, rng):
 
 # -----------------------------------------------------------------------------
 # Everything is checked on the CPU before any GPU work: the VAE against the data and the DiT.
-space = common.LatentSpace.load(vae_path)
-data = common.TokenData(data_dir, vocab=space.vocab, vocab_of=f'the VAE vae_path={vae_path!r}')
+space = latent_space.LatentSpace.load(vae_path)
+data = tokenization.TokenData(data_dir, vocab=space.vocab, vocab_of=f'the VAE vae_path={vae_path!r}')
 if block_size > space.block_size:
-    raise common.ConfigError(f"block_size={block_size} exceeds the VAE's {space.block_size} (vae_path={vae_path!r})")
+    raise configurator.ConfigError(f"block_size={block_size} exceeds the VAE's {space.block_size} (vae_path={vae_path!r})")
 dit_config = make_config('dit', size, latent_dim=space.latent_dim, block_size=block_size, dropout=dropout,
                          latent_block=latent_block, prediction=prediction, self_cond=self_cond)
 if init_from == 'resume':
-    saved = common.load_checkpoint(f'{out_dir}/dit.pt', 'dit checkpoint to resume')['model_args']
+    saved = training.load_checkpoint(f'{out_dir}/dit.pt', 'dit checkpoint to resume')['model_args']
     if saved['latent_dim'] != space.latent_dim or saved.get('vocab_ids') != space.vocab.state():
         raise SystemExit(f"{out_dir}/dit.pt was trained on the {saved['latent_dim']}-channel latents of "
                          f"vae_path={saved.get('vae_path')!r}; vae_path={vae_path!r} makes {space.latent_dim} "
                          f"channels{'' if saved.get('vocab_ids') == space.vocab.state() else ' of another vocabulary'}: "
                          f"resume with the same VAE")
-dist_ = common.Dist(device)
-common.seed_everything(seed + dist_.rank)
+dist_ = training.Dist(device)
+training.seed_everything(seed + dist_.rank)
 space.to(dist_.device)
 dit = DiT(dit_config)
 ema = copy.deepcopy(dit).to(dist_.device).requires_grad_(False)
 model_args = {**dataclasses.asdict(dit_config), 'vae_path': vae_path, 'vocab_ids': space.vocab.state()}
-common.print0(dist_, f"DiT '{size}': {dit.num_params() / 1e6:.2f}M parameters on "
+training.print0(dist_, f"DiT '{size}': {dit.num_params() / 1e6:.2f}M parameters on "
                      f"{space.latent_dim}-channel latents of {vae_path}")
 # Cola trains on [context | clean target | noisy copy]: n_noisy more tokens per window than TextLDM.
 n_noisy = block_size - int(context_min * block_size) if latent_block else 0
 if latent_block and not space.vae.config.causal:
-    common.print0(dist_, "note: Cola with a non-causal VAE: a decoded block can still change once later "
+    training.print0(dist_, "note: Cola with a non-causal VAE: a decoded block can still change once later "
                          "blocks are generated (train the VAE with causal=True)")
 objective = FlowMatchingObjective(dit, space, latent_block, n_noisy)
-common.train(config, 'dit', objective, batch_fn, dist_, model_args,
+training.train(config, 'dit', objective, batch_fn, dist_, model_args,
              flops_per_token=dit.flops_per_token(block_size + n_noisy) * (block_size + n_noisy) / block_size,
              tokens_per_sample=block_size, ema=(ema, dit, ema_decay))
 dist_.close()

@@ -13,7 +13,9 @@ import shutil
 import torch
 import torch.nn as nn
 
-import common
+import configurator
+import tokenization
+import training
 from model import GPT, make_config
 
 # -----------------------------------------------------------------------------
@@ -29,7 +31,7 @@ block_size = 256         # context length in tokens
 dropout = 0.0
 export_dir = '{out_dir}/gpt_hf'  # the transformers GPT-2 folder written at the end ('' = none)
 compact_vocab = False    # renumber to the ids that occur in the data (small corpora, CPU)
-# training: what common.train() reads
+# training: what training.train() reads
 init_from = 'scratch'      # or 'resume': continue from out_dir's checkpoint as if never stopped
 max_iters = 1000
 eval_interval = 100        # evaluate and checkpoint every this many iterations
@@ -49,9 +51,9 @@ wandb_log = False
 wandb_project = 'textldm'
 wandb_run_name = 'run'
 # -----------------------------------------------------------------------------
-config = common.configure(globals(), 'gpt')
-common.check_precision(device, dtype)
-common.check_batch_split(config)
+config = configurator.configure(globals(), 'gpt')
+training.check_precision(device, dtype)
+training.check_batch_split(config)
 
 
 class NextTokenObjective(nn.Module):
@@ -71,18 +73,18 @@ def batch_fn(split, rng):
     return window[:, :-1], window[:, 1:]
 
 
-dist_ = common.Dist(device)
-common.seed_everything(seed + dist_.rank)
-data = common.TokenData(data_dir, compact_vocab)
+dist_ = training.Dist(device)
+training.seed_everything(seed + dist_.rank)
+data = tokenization.TokenData(data_dir, compact_vocab)
 gpt_config = make_config('gpt', size, vocab_size=data.vocab.size, block_size=block_size, dropout=dropout)
 gpt = GPT(gpt_config)
-common.print0(dist_, f"GPT '{size}': {gpt.num_params() / 1e6:.2f}M parameters")
-objective = common.train(config, 'gpt', NextTokenObjective(gpt), batch_fn, dist_, 
+training.print0(dist_, f"GPT '{size}': {gpt.num_params() / 1e6:.2f}M parameters")
+objective = training.train(config, 'gpt', NextTokenObjective(gpt), batch_fn, dist_, 
                          {**dataclasses.asdict(gpt_config), 'vocab_ids': data.vocab.state()},
                          flops_per_token=gpt.flops_per_token(block_size), tokens_per_sample=block_size)
 if dist_.master and export_dir:
     # written beside, then swapped in: a kill never leaves a half-written teacher folder
-    common.export_gpt(objective.gpt, data.vocab, export_dir + '.tmp')
+    tokenization.export_gpt(objective.gpt, data.vocab, export_dir + '.tmp')
     shutil.rmtree(export_dir, ignore_errors=True)
     os.replace(export_dir + '.tmp', export_dir)
     print(f"exported a transformers GPT-2 folder to {export_dir}")

@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
+import configurator
+import tokenization
+import training
 from model import Projector, TextVAE, kl_divergence, make_config, repa_loss
 
 # -----------------------------------------------------------------------------
@@ -48,7 +50,7 @@ repa_weight = 1.0          # lambda
 projector_dim = 2048       # hidden width of the REPA projector MLP
 stats_batches = 20         # batches of training windows for the latent mean/std
 compact_vocab = False      # renumber to the ids that occur in the data (small corpora, CPU)
-# training: what common.train() reads
+# training: what training.train() reads
 init_from = 'scratch'      # or 'resume': continue from out_dir's checkpoint as if never stopped
 max_iters = 1000
 eval_interval = 100        # evaluate and checkpoint every this many iterations
@@ -68,11 +70,11 @@ wandb_log = False
 wandb_project = 'textldm'
 wandb_run_name = 'run'
 # -----------------------------------------------------------------------------
-config = common.configure(globals(), 'vae')
-common.check_precision(device, dtype)
-common.check_batch_split(config)
+config = configurator.configure(globals(), 'vae')
+training.check_precision(device, dtype)
+training.check_batch_split(config)
 if not 0.0 <= mask_prob < 1.0:
-    raise common.ConfigError(f"mask_prob={mask_prob} must be in [0, 1)")
+    raise configurator.ConfigError(f"mask_prob={mask_prob} must be in [0, 1)")
 
 
 # -----------------------------------------------------------------------------
@@ -92,12 +94,12 @@ class Teacher:
             raise cannot_load(e)
         depth = self.config.num_hidden_layers  # hidden_states: the embeddings, then each layer
         if not -(depth + 1) <= layer <= depth:
-            raise common.ConfigError(f"repa_teacher_layer={layer}: repa_teacher={name_or_path!r} has {depth} "
+            raise configurator.ConfigError(f"repa_teacher_layer={layer}: repa_teacher={name_or_path!r} has {depth} "
                                      f"layers (hidden_states indices {-(depth + 1)}..{depth})")
         self.context = (getattr(self.config, 'max_position_embeddings', None)
                         or getattr(self.config, 'n_positions', None) or float('inf'))
         if block_size > self.context:
-            raise common.ConfigError(f"block_size={block_size} is longer than the {self.context}-token context of "
+            raise configurator.ConfigError(f"block_size={block_size} is longer than the {self.context}-token context of "
                                      f"repa_teacher={name_or_path!r}: shorten the VAE's window")
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
@@ -124,15 +126,15 @@ class Teacher:
     def _token_space(self):
         compact = getattr(self.config, 'textldm_vocab_ids', None)
         if compact is not None:
-            return common.Vocab(compact)
+            return tokenization.Vocab(compact)
         probe = "Hello world, it's 3.14 -- naïve café 日本語\n\n  end"
         if self.tokenizer is None:
-            if self.config.vocab_size != common.VOCAB_SIZE:
+            if self.config.vocab_size != tokenization.VOCAB_SIZE:
                 raise SystemExit("the REPA teacher has no tokenizer and is not GPT-2 sized: "
                                  "save its tokenizer in its folder")
-            return common.Vocab()  # a tokenizer-less GPT-2 export: same ids as ours
+            return tokenization.Vocab()  # a tokenizer-less GPT-2 export: same ids as ours
         theirs = self.tokenizer(probe, add_special_tokens=False)['input_ids']
-        return common.Vocab() if theirs == common.encode(probe) else None
+        return tokenization.Vocab() if theirs == tokenization.encode(probe) else None
 
     def inputs(self, idx, valid, vocab):
         """CPU side, run while building the batch: the teacher's input ids and mask, and the
@@ -141,7 +143,7 @@ class Teacher:
         gpt2_ids = vocab.to_gpt2(idx.numpy())
         if self.same_tokens:
             return torch.from_numpy(self.vocab.from_gpt2(gpt2_ids)), valid, torch.zeros(0, 3, dtype=torch.long)
-        rows = [common.align_by_characters(ids[v].tolist(), self.tokenizer) for ids, v in zip(gpt2_ids, valid.numpy())]
+        rows = [tokenization.align_by_characters(ids[v].tolist(), self.tokenizer) for ids, v in zip(gpt2_ids, valid.numpy())]
         width = max(1, max(len(teacher_ids) for teacher_ids, _ in rows))
         if width > self.context:  # its tokenizer cut a window into more tokens than it can read
             raise SystemExit(f"a window of block_size={block_size} tokens is {width} tokens for "
@@ -232,7 +234,7 @@ def latent_statistics(vae, rng):
     latents = []
     for _ in range(stats_batches):
         idx = torch.from_numpy(data.windows('train', batch_size, block_size, rng)).to(dist_.device)
-        with common.autocast(dist_.device_type, dtype):
+        with training.autocast(dist_.device_type, dtype):
             mean, _, _ = vae.encode(idx)
         latents.append(mean.float().flatten(0, 1))
     latents = torch.cat(latents)
@@ -240,9 +242,9 @@ def latent_statistics(vae, rng):
 
 
 # -----------------------------------------------------------------------------
-dist_ = common.Dist(device)
-common.seed_everything(seed + dist_.rank)
-data = common.TokenData(data_dir, compact_vocab)
+dist_ = training.Dist(device)
+training.seed_everything(seed + dist_.rank)
+data = tokenization.TokenData(data_dir, compact_vocab)
 overrides = dict(vocab_size=data.vocab.size, block_size=block_size, latent_dim=latent_dim, causal=causal,
                  dropout=dropout, masked_tokens=mask_prob > 0)
 if repa_layer:
@@ -254,11 +256,11 @@ projector = Projector(vae_config.n_embd, projector_dim, teacher.hidden_size) if 
 model_args = {**dataclasses.asdict(vae_config), 'vocab_ids': data.vocab.state(), 'projector_dim': projector_dim,
               'teacher_hidden': teacher.hidden_size if teacher else None}
 if init_from == 'resume':
-    saved = common.load_checkpoint(f'{out_dir}/vae.pt', 'vae checkpoint to resume')['model_args']
+    saved = training.load_checkpoint(f'{out_dir}/vae.pt', 'vae checkpoint to resume')['model_args']
     if saved.get('teacher_hidden') != model_args['teacher_hidden']:
         raise SystemExit(f"REPA teacher width {model_args['teacher_hidden']} differs from the "
                          f"checkpoint's projector output {saved.get('teacher_hidden')}: same teacher to resume")
-common.print0(dist_, f"VAE '{size}': {vae.num_params() / 1e6:.2f}M parameters, latent {latent_dim}/token")
+training.print0(dist_, f"VAE '{size}': {vae.num_params() / 1e6:.2f}M parameters, latent {latent_dim}/token")
 
 
 def warm_up_kl(it):
@@ -266,12 +268,12 @@ def warm_up_kl(it):
 
 
 objective = VAEObjective(vae, projector, teacher, repa_weight)
-common.train(config, 'vae', objective, batch_fn, dist_, model_args,
+training.train(config, 'vae', objective, batch_fn, dist_, model_args,
              flops_per_token=vae.flops_per_token(block_size), tokens_per_sample=block_size,
              before_step=warm_up_kl)
 if dist_.master:
     latent_mean, latent_std = latent_statistics(vae, np.random.default_rng([seed, 2]))
-    common.update_checkpoint(f'{out_dir}/vae.pt', latent_mean=latent_mean, latent_std=latent_std)
+    training.update_checkpoint(f'{out_dir}/vae.pt', latent_mean=latent_mean, latent_std=latent_std)
     print(f"latent stats stored in {out_dir}/vae.pt: |mean| {latent_mean.abs().mean():.3f}, "
           f"std {latent_std.mean():.3f} (averaged over channels)")
 dist_.close()

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import common  # noqa: E402
+import tokenization  # noqa: E402
 import corpus  # noqa: E402
 # local stand-ins in real formats: a tokenizer that is not GPT-2's, the hub's eval sets, MiniLM
 from rehearsal import HUB_LAYOUTS, minilm_folder, train_tokenizer, write_hub_sets  # noqa: E402,F401
@@ -38,10 +38,10 @@ def write_data_dir(path, n_stories=200, seed=0, extra_docs=(), val_every=10, tok
         splits['val'] += [doc]
     counts = {}
     for split, texts in splits.items():
-        ids = [t for text in texts for t in common.encode(text) + [common.EOT]]
+        ids = [t for text in texts for t in tokenization.encode(text) + [tokenization.EOT]]
         np.array(ids, dtype=np.uint16).tofile(os.path.join(path, f'{split}.bin'))
         counts[f'{split}_tokens'], counts[f'{split}_docs'] = len(ids), len(texts)
-    meta = dict(tokenizer=tokenizer, vocab_size=common.VOCAB_SIZE, dtype='uint16', eot=common.EOT,
+    meta = dict(tokenizer=tokenizer, vocab_size=tokenization.VOCAB_SIZE, dtype='uint16', eot=tokenization.EOT,
                 source='synthetic', **counts)
     with open(os.path.join(path, 'meta.json'), 'w') as f:
         json.dump(meta, f, indent=2)
@@ -60,10 +60,10 @@ def gpt2_tokenizer_teacher(folder, n_embd=48, n_layer=3):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=common.VOCAB_SIZE, n_positions=128, n_embd=n_embd, n_layer=n_layer,
+    config = GPT2Config(vocab_size=tokenization.VOCAB_SIZE, n_positions=128, n_embd=n_embd, n_layer=n_layer,
                         n_head=4)
     GPT2LMHeadModel(config).save_pretrained(folder)
-    common.save_gpt2_tokenizer(folder)
+    tokenization.save_gpt2_tokenizer(folder)
     return str(folder)
 
 

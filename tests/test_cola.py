@@ -339,7 +339,7 @@ def cola_run(tmp_path_factory):
 
 def prompt_text(n_tokens=6):
     """The start of a story of the corpus: its tokens are in the compact vocabulary."""
-    from common import decode, encode
+    from tokenization import decode, encode
     return decode(encode(helpers.corpus_text(60)[0])[:n_tokens])
 
 

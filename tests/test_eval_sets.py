@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import tokenization
 import eval as ev
 import helpers
+import tokenization
 
 SETS = ['wikisource', 'wikipedia', 'tinystories', 'lm1b']
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import zstandard
 
-import tokenization
 import corpus
 import prepare
+import tokenization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

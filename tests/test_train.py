@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import configurator
+import helpers
 import tokenization
 import training
-import helpers
 from helpers import load_ckpt, read_metrics, run_many, run_script, torchrun_command
 
 # Small everything. A real learning rate with a short warm-up and decay, so that a few

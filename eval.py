@@ -41,14 +41,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import cola
 import configurator
 import corpus
 import documents
-from eval_sets import HUB_SETS, hub_documents, select_documents
 import sampling
 import tokenization
 import training
+from eval_sets import HUB_SETS, hub_documents, select_documents
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `eval_key` in a config file is ours alone)
@@ -142,12 +141,8 @@ def batches_within(prompts, lengths, context):
 
 def textldm_candidate(label, path):
     dit, space = sampling.load_textldm(path, device)
-    flow = sampling.flow_options(globals())
+    run, flow = sampling.continuation(dit, sampling.flow_options(globals()), steps_per_block)
     context = min(dit.config.block_size, space.block_size)
-    if getattr(dit.config, 'latent_block', 0):  # a Cola DiT: block by block, until every row ends
-        run, flow = cola.cola_continue, dict(flow, steps=steps_per_block)
-    else:
-        run = sampling.textldm_continue
 
     def generate(prompts, lengths, generator):
         out, t0 = [None] * len(prompts), time.time()

@@ -14,8 +14,7 @@ import torch
 
 import configurator
 import training
-from cola import cola_continue
-from sampling import check_lengths, flow_options, gpt_continue, load_textldm, textldm_continue
+from sampling import check_lengths, continuation, flow_options, gpt_continue, load_textldm
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `sample_key` in a config file is ours alone)
@@ -58,23 +57,18 @@ def main():
             text = f.read()
     generator = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)
+    stream = {}   # a Cola DiT's on_text: prints as it goes
     if model == 'textldm':
         dit, space = load_textldm(dit_path, device)
         vocab, prompt_ids = space.vocab, space.vocab.encode(text).tolist()
         check_lengths(len(prompt_ids), max_new_tokens, [('DiT', dit.config.block_size)])
         check_lengths(len(prompt_ids), 0, [('VAE', space.block_size)])
-        if dit.config.latent_block:   # a Cola DiT: block by block, sample 0 printed as it comes
+        continue_fn, flow = continuation(dit, flow, steps_per_block)
+        if dit.config.latent_block:   # block by block: sample 0 is printed as each block is decoded
             print(f"Cola, blocks of {dit.config.latent_block} latents; sample 0 as decoded:\n{text}", end='')
-            stream = lambda new: print(vocab.decode(new[0]), end='', flush=True)
-
-            def run():
-                rows = cola_continue(dit, space, [prompt_ids] * num_samples, max_new_tokens, generator=generator,
-                                     on_text=stream, **{**flow, 'steps': steps_per_block})
-                print()
-                return rows
-        else:
-            run = lambda: textldm_continue(dit, space, [prompt_ids] * num_samples, [max_new_tokens] * num_samples,
-                                           generator=generator, **flow)
+            stream = dict(on_text=lambda new: print(vocab.decode(new[0]), end='', flush=True))
+        run = lambda: continue_fn(dit, space, [prompt_ids] * num_samples, [max_new_tokens] * num_samples,
+                                  generator=generator, **stream, **flow)
     elif model == 'gpt':
         gpt, vocab, _ = training.load_model(gpt_path, 'gpt')
         gpt.to(device)
@@ -87,6 +81,8 @@ def main():
     t0 = time.time()
     with training.autocast('cuda' if device.startswith('cuda') else 'cpu', dtype):
         continuations = [vocab.decode(ids) for ids in run()]
+    if stream:
+        print()
     print(f"{num_samples} samples of up to {max_new_tokens} tokens with {model} in {time.time() - t0:.2f}s")
     records = [{'model': model, 'seed': seed, 'sample': i, 'prompt': text, 'continuation': c}
                for i, c in enumerate(continuations)]

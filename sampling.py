@@ -133,6 +133,16 @@ def textldm_continue(dit, space, prompts, lengths, generator=None, **flow):
     return [end_of_text(row[:n].tolist(), space.vocab.eot)[0] for row, n in zip(ids, lengths)]
 
 
+def continuation(dit, flow, steps_per_block):
+    """How this DiT continues prompts, and with which keywords: all tokens at once (TextLDM), or
+    block by block, steps_per_block ODE steps each, if it was trained block-causally (cola.py).
+    Either function takes (dit, space, prompts, lengths, generator=..., **flow)."""
+    if not dit.config.latent_block:
+        return textldm_continue, flow
+    from cola import cola_continue   # cola.py builds on this file
+    return cola_continue, dict(flow, steps=steps_per_block)
+
+
 def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, top_k=0, top_p=1.0):
     """Continue each prompt with the GPT's KV-cached sampler; an empty prompt starts after an
     <|endoftext|>, i.e. at the beginning of a document."""
@@ -163,7 +173,7 @@ def load_textldm(dit_path, device):
 
 def flow_options(cfg):
     """sample_flow's keywords from a config holding the sampler's keys (sample.py's and eval.py's),
-    checked before any work. A block-causal (Cola) DiT takes cfg['steps_per_block'] instead."""
+    checked before any work."""
     solver, time_grid, ode_dtype, renoise = cfg['solver'], cfg['time_grid'], cfg['ode_dtype'], cfg['renoise']
     if solver not in ('euler', 'heun'):
         raise configurator.ConfigError(f"solver={solver!r}: 'euler' or 'heun'")

@@ -182,7 +182,10 @@ def _write_parquet_blob(storage, columns, row_group_size):
 
 def stage_commands(s, paths):
     """[(stage, argv, env)] of the whole recipe at scale `s` (a dict of SCALES)."""
-    py, torchrun = [sys.executable], [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+    # --max-restarts=1: on a CPU a gloo rank sometimes aborts at exit after a finished run
+    # ('terminate called without an active exception'); torchrun reruns the (deterministic) stage
+    restarts = ['--max-restarts=1'] if s['device'] == 'cpu' else []
+    py, torchrun = [sys.executable], [sys.executable, '-m', 'torch.distributed.run', '--standalone', *restarts,
                                       f"--nproc_per_node={s['nproc']}"]
     where = [f"--out_dir={paths['out']}", f"--data_dir={paths['data']}"]
     run = [f"--device={s['device']}", f"--dtype={s['dtype']}"]

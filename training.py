@@ -264,6 +264,8 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
         raise ConfigError(f"init_from={cfg['init_from']!r}: choose 'scratch' or 'resume'")
     else:
         batch = batch_fn('train', data_streams[0])
+        if dist_.master and os.path.exists(metrics_path):  # a fresh run, fresh metrics
+            os.remove(metrics_path)
 
     model = torch.compile(raw) if cfg['compile'] else raw
     if dist_.ddp:

@@ -100,9 +100,12 @@ def run_torchrun(script, *args, nproc=2, check=True, timeout=300):
 
 
 def torchrun_command(script, *args, nproc=2):
-    # `python -m torch.distributed.run` is torchrun, found even when torchrun is not on PATH
-    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
-            script, *args]
+    # `python -m torch.distributed.run` is torchrun, found even when torchrun is not on PATH.
+    # --max-restarts=1: a gloo rank has, rarely, aborted at exit after a finished run ('terminate
+    # called without an active exception'; seen twice, cause unknown); torchrun then reruns the
+    # group, which repeats the same deterministic run.
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--max-restarts=1',
+            f'--nproc_per_node={nproc}', script, *args]
 
 
 def run_many(commands, check=True, env=None, timeout=300, workers=2):

@@ -128,6 +128,12 @@ def test_train_vae_with_exported_gpt_teacher(vae_run):
 # -----------------------------------------------------------------------------
 # 2. Resume equivalence, and evaluation that does not disturb training
 
+def test_a_scratch_run_starts_fresh_metrics(data_dir, gpt_run, tmp_path):
+    shutil.copy(gpt_run[0] / 'gpt_metrics.jsonl', tmp_path / 'gpt_metrics.jsonl')   # an earlier run's
+    run_script('train_gpt.py', *args(data_dir, tmp_path, '--max_iters=2', '--eval_interval=2', '--export_dir='))
+    assert [m['iter'] for m in read_metrics(tmp_path / 'gpt_metrics.jsonl')] == [0, 2]
+
+
 def test_gpt_resume_is_exact(data_dir, tmp_path):
     common_args = ['--eval_interval=5', '--export_dir=', '--dropout=0.1']
     run_many([['train_gpt.py', *args(data_dir, tmp_path / 'full', *common_args, '--max_iters=20')],

@@ -14,6 +14,7 @@ t = 1 is data; the velocity is x_data - noise; context latents carry t = 1.
 """
 import copy
 import dataclasses
+import os
 
 import numpy as np
 import torch
@@ -156,6 +157,8 @@ def batch_fn(split, rng):
 
 # -----------------------------------------------------------------------------
 # Everything is checked on the CPU before any GPU work: the VAE against the data and the DiT.
+# Seeded first: building the VAE draws from torch's RNG before the DiT's own initialisation does.
+training.seed_everything(seed + int(os.environ.get('RANK', 0)))
 space = latent_space.LatentSpace.load(vae_path)
 data = tokenization.TokenData(data_dir, vocab=space.vocab, vocab_of=f'the VAE vae_path={vae_path!r}')
 if block_size > space.block_size:
@@ -170,7 +173,6 @@ if init_from == 'resume':
                          f"channels{'' if saved.get('vocab_ids') == space.vocab.state() else ' of another vocabulary'}: "
                          f"resume with the same VAE")
 dist_ = training.Dist(device)
-training.seed_everything(seed + dist_.rank)
 space.to(dist_.device)
 dit = DiT(dit_config)
 ema = copy.deepcopy(dit).to(dist_.device).requires_grad_(False)

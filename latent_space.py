@@ -18,13 +18,13 @@ class LatentSpace:
         self.latent_dim, self.block_size = vae.config.latent_dim, vae.config.block_size
 
     @classmethod
-    def load(cls, vae_path, device='cpu'):
-        """The latent space of a finished train_vae.py run (vae.pt with its latent statistics).
-        Callers check it on the CPU against their data and DiT, then move it with .to(device)."""
+    def load(cls, vae_path):
+        """The latent space of a finished train_vae.py run (vae.pt with its latent statistics), on
+        the CPU: callers check it against their data and DiT, then move it with .to(device)."""
         vae, vocab, ckpt = load_model(vae_path, 'vae')
         if 'latent_mean' not in ckpt:
             raise SystemExit(f"{vae_path} has no latent statistics: it is not a finished train_vae.py run")
-        return cls(vae.to(device), ckpt['latent_mean'], ckpt['latent_std'], vocab)
+        return cls(vae, ckpt['latent_mean'], ckpt['latent_std'], vocab)
 
     def to(self, device):
         self.vae, self.mean, self.std = self.vae.to(device), self.mean.to(device), self.std.to(device)

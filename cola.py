@@ -69,8 +69,11 @@ def block_flow_matching_loss(dit, x, is_target, valid, times, latent_block, n_no
     t = times.gather(1, seq['block'].clamp(min=0))   # (B, L); used on the noisy copy only
     mask = build_attention_mask(seq['x'].shape[1], x.device, seq['valid'],
                                 block_causal_mask(seq['block'], seq['noisy']))
+    # The DiT's distinct times: clean tokens (t = 1) first, then one per noisy block.
+    row_times = torch.cat([torch.ones_like(times[:, :1]), times], dim=1)
+    segment = torch.where(seq['noisy'], seq['block'] + 1, 0)
     # both copies of a target token are targets to the DiT; only the noisy one is noised and scored
-    velocity = lambda x_t, t, is_target, valid: dit.denoise(x_t, t, seq['role'], seq['pos'], mask)
+    velocity = lambda x_t, t, is_target, valid: dit.denoise(x_t, row_times, segment, seq['role'], seq['pos'], mask)
     return flow_matching_loss(velocity, seq['x'], t, seq['noisy'] & seq['valid'], seq['valid'], noise)
 
 
@@ -111,8 +114,9 @@ class BlockCache(KVCache):
 
 
 def cached_velocity(dit, x, t, is_target, valid, cache, commit):
-    """The DiT's velocity for x (B, L, D), which attends to every token in `cache` too and is
-    positioned after them; commit=True adds x's keys/values to the cache (a finished block)."""
+    """The DiT's velocity for x (B, L, D), all of its tokens at time t (B,), which attends to
+    every token in `cache` too and is positioned after them; commit=True adds x's keys/values
+    to the cache (a finished block)."""
     B, L, _ = x.shape
     past = cache.seq_len()
     if past + L > dit.config.block_size:
@@ -123,7 +127,7 @@ def cached_velocity(dit, x, t, is_target, valid, cache, commit):
     if past:   # after every real cached token, and seeing all of them
         pos, mask = pos + cache.num_valid()[:, None], cache.extend_mask(mask, B, L)
     cache.committing = commit
-    v = dit.denoise(x, t, is_target, pos, mask, cache=cache)
+    v = dit.denoise(x, t[:, None], torch.zeros_like(pos), is_target, pos, mask, cache=cache)
     if commit:
         cache.valid = valid if cache.valid is None else torch.cat([cache.valid, valid], dim=1)
     return v
@@ -141,7 +145,7 @@ class CachedPrefix:
 
     def _run(self, x, t, role, valid=None, commit=False):
         B, n, _ = x.shape
-        times = torch.full((B, n), t, dtype=self.net_dtype, device=x.device)
+        times = torch.full((B,), t, dtype=self.net_dtype, device=x.device)
         is_target = torch.full((B, n), role, dtype=torch.bool, device=x.device)
         v = cached_velocity(self.dit, x.to(self.net_dtype), times, is_target, valid, self.cache, commit)
         return v.to(x.dtype)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # -----------------------------------------------------------------------------
 # Configs and size presets
@@ -259,6 +260,20 @@ def init_gpt_style(module, n_layer):
             nn.init.normal_(p, mean=0.0, std=0.02)
         # LayerNorm weights keep their default of 1
 
+def autocast_dtype(x):
+    """The dtype autocast computes in on x's device (bf16), or x's own when it is off. Residual
+    streams are kept in it: an fp32 embedding added to bf16 outputs would make them fp32, and
+    every LayerNorm would save twice the bytes for its backward."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+def checkpointed(block, on, *args):
+    """block(*args); with `on`, in training, its activations are not kept for the backward pass
+    but recomputed there (activation checkpointing: far less memory, about 1/3 more compute)."""
+    if on and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
 def masked_mean(x, valid=None):
     """Mean of x (B, T) over the positions where valid (B, T) is True (all when None)."""
     if valid is None:
@@ -296,6 +311,7 @@ class TextVAE(nn.Module):
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         self.drop = nn.Dropout(drop)
         init_gpt_style(self, config.n_enc_layer + config.n_dec_layer)
+        self.checkpointing = False   # activation checkpointing in training (set by train_vae.py)
         if config.masked_tokens:   # BERT's [MASK]: replaces the embedding of a masked input token
             self.mask_embedding = nn.Parameter(0.02 * torch.randn(C))
 
@@ -319,10 +335,11 @@ class TextVAE(nn.Module):
         masked: (B, T) bool input tokens replaced by the mask embedding, or None."""
         T = idx.size(1)
         mask = build_attention_mask(T, idx.device, valid, causal=self.config.causal)
-        x = self.drop(self.embed_tokens(idx, masked) + self.enc_pos_embedding(self._positions(T, idx.device)))
+        x = self.embed_tokens(idx, masked) + self.enc_pos_embedding(self._positions(T, idx.device))
+        x = self.drop(x.to(autocast_dtype(x)))
         hidden = None
         for i, block in enumerate(self.encoder_blocks, start=1):
-            x = block(x, mask)
+            x = checkpointed(block, self.checkpointing, x, mask)
             if i == self.config.repa_layer:
                 hidden = x
         mean, logvar = self.to_moments(self.encoder_ln(x)).chunk(2, dim=-1)
@@ -339,9 +356,10 @@ class TextVAE(nn.Module):
         """z: (B, T, D) latents -> logits (B, T, V) for every token in parallel."""
         T = z.size(1)
         mask = build_attention_mask(T, z.device, valid, causal=self.config.causal)
-        x = self.drop(self.from_latent(z) + self.dec_pos_embedding(self._positions(T, z.device)))
+        x = self.from_latent(z) + self.dec_pos_embedding(self._positions(T, z.device))
+        x = self.drop(x.to(autocast_dtype(x)))
         for block in self.decoder_blocks:
-            x = block(x, mask)
+            x = checkpointed(block, self.checkpointing, x, mask)
         return self.lm_head(self.decoder_ln(x))
 
     def forward(self, idx, valid=None, sample=True, masked=None):
@@ -418,7 +436,7 @@ def timestep_embedding(t, dim, max_period=10000):
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 class TimestepEmbedder(nn.Module):
-    """Per-token flow time t (B, L) -> conditioning vector c (B, L, C)."""
+    """Flow times t (B, K) -> conditioning vectors c (B, K, C)."""
 
     def __init__(self, n_embd, frequency_dim=256):
         super().__init__()
@@ -429,9 +447,14 @@ class TimestepEmbedder(nn.Module):
         features = timestep_embedding(t, self.frequency_dim)   # fp32, for precision in t
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
+def per_token(table, segment):
+    """Each token's row of a per-row table: table (B, K, E), segment (B, L) long -> (B, L, E)."""
+    return table.gather(1, segment[..., None].expand(-1, -1, table.shape[-1]))
+
 def modulate(x, shift, scale):
-    """adaLN: LayerNorm output x (B, L, C) shifted and scaled per token by (B, L, C) vectors."""
-    return x * (1 + scale) + shift
+    """adaLN: LayerNorm output x (B, L, C) shifted and scaled per token by (B, L, C) vectors, in
+    their dtype (bf16 under autocast, where a CUDA LayerNorm returns fp32)."""
+    return x.to(shift.dtype) * (1 + scale) + shift
 
 class DiTBlock(nn.Module):
     """Transformer block whose LayerNorms are modulated by c (shift, scale) and whose residual
@@ -446,9 +469,10 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(n_embd, int(n_embd * mlp_ratio), dropout)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 6 * n_embd))
 
-    def forward(self, x, c, mask=None, rope=None, cache=None, layer=0):
-        """x: (B, L, C) tokens, c: (B, L, C) per-token conditioning -> (B, L, C)."""
-        modulation = self.adaLN_modulation(c).chunk(6, dim=-1)
+    def forward(self, x, c, segment, mask=None, rope=None, cache=None, layer=0):
+        """x: (B, L, C) tokens; c: (B, K, C) conditioning of each distinct time, segment: (B, L)
+        which one each token has. The modulation is computed per (row, time), not per token."""
+        modulation = per_token(self.adaLN_modulation(c), segment).chunk(6, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         attn_in = modulate(self.norm1(x), shift_msa, scale_msa)
         x = x + gate_msa * self.attn(attn_in, mask, cache=cache, layer=layer, rope=rope)
@@ -463,16 +487,16 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 2 * n_embd))
         self.linear = nn.Linear(n_embd, latent_dim)
 
-    def forward(self, x, c):
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+    def forward(self, x, c, segment):
+        shift, scale = per_token(self.adaLN_modulation(c), segment).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 class DiT(nn.Module):
     """Velocity network over one sequence of [context latents (clean, t=1) | target latents (noisy)].
 
-    Every token gets its own time t and a learned "context or target" embedding; positions enter
-    attention as rotary embeddings (RoPE), counting valid tokens only, so padding inside the
-    context does not shift the target's positions.
+    Every token gets a learned "context or target" embedding, and its time t through adaLN;
+    positions enter attention as rotary embeddings (RoPE), counting valid tokens only, so
+    padding inside the context does not shift the target's positions.
     """
 
     def __init__(self, config):
@@ -488,6 +512,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(C, config.n_head, config.mlp_ratio, config.dropout)
                                      for _ in range(config.n_layer)])
         self.final_layer = FinalLayer(C, config.latent_dim)
+        self.checkpointing = False   # activation checkpointing in training (set by train_dit.py)
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -513,9 +538,10 @@ class DiT(nn.Module):
     def forward(self, x, t, is_target, valid=None, x_self=None):
         """Predict the velocity at every position.
 
-        x: (B, L, D) context latents followed by target latents. t: (B, L) flow time per token.
-        is_target: (B, L) bool. valid: (B, L) bool or None (all valid): padding is neither
-        attended to nor counted in the positions.
+        x: (B, L, D) context latents followed by target latents. t: (B,) flow time of each row's
+        target; the context is clean (t = 1). is_target: (B, L) bool. valid: (B, L) bool or None
+        (all valid: attention then needs no mask): padding is neither attended to nor counted
+        in the positions.
         x_self: (B, L, D) the previous estimate of the clean latents (clean_estimate), or None
             (= zeros, no estimate yet); only for a DiT with config.self_cond.
         Returns (B, L, D); callers keep the target positions.
@@ -524,28 +550,34 @@ class DiT(nn.Module):
         if L > self.config.block_size:
             raise ValueError(f"sequence length {L} exceeds block_size {self.config.block_size}")
         pos = positions(valid) if valid is not None else torch.arange(L, device=x.device).expand(B, L)
-        return self.denoise(x, t, is_target, pos, build_attention_mask(L, x.device, valid), x_self)
+        times = torch.stack([torch.ones_like(t), t], dim=1)   # (B, 2): the context's, the target's
+        mask = build_attention_mask(L, x.device, valid)
+        return self.denoise(x, times, is_target.long(), is_target, pos, mask, x_self)
 
-    def denoise(self, x, t, is_target, pos, mask, x_self=None, cache=None):
-        """The network, given each token's position (B, L) and the attention mask (see
-        build_attention_mask). forward() derives both from the padding; the block-causal prior
-        (cola.py) passes its own, and a KVCache of the clean tokens before x."""
-        h = self.x_embedder(x) + self.role_embed(is_target.long())
+    def denoise(self, x, times, segment, is_target, pos, mask, x_self=None, cache=None):
+        """The network, given the distinct times of each row, times (B, K), and which one each
+        token has, segment (B, L) long; each token's position (B, L) and the attention mask (see
+        build_attention_mask). forward() derives them for TextLDM; the block-causal prior (cola.py)
+        passes its own, and a KVCache of the clean tokens before x. A row has few distinct times,
+        so its adaLN modulation is computed per time, not per token: per token, adaLN's
+        Linear(C, 6C) of every block would cost more than attention and MLP together."""
+        h = self.x_embedder(x)
+        h = h + self.role_embed(is_target.long()).to(h.dtype)   # bf16 under autocast, like h
         if x_self is not None:
             if not self.config.self_cond:
                 raise ValueError("x_self given to a DiT trained without self_cond")
             h = h + self.self_cond_embedder(x_self.to(h.dtype))
         h = self.drop(h)
         rope = rotary_angles(pos, self.config.n_embd // self.config.n_head)
-        c = self.t_embedder(t)   # (B, L, C)
+        c = self.t_embedder(times)   # (B, K, C)
         for i, block in enumerate(self.blocks):
-            h = block(h, c, mask, rope, cache, i)
-        out = self.final_layer(h, c)
+            h = checkpointed(block, self.checkpointing, h, c, segment, mask, rope, cache, i)
+        out = self.final_layer(h, c, segment)
         if self.config.prediction == 'v':
             return out
         # x-prediction: the velocity that reaches the predicted clean latents at t = 1, in fp32;
         # 1 - t is floored at 0.05 (as JiT does) and clean tokens (t = 1) get velocity 0
-        t32 = t.float()[..., None]
+        t32 = times.float().gather(1, segment)[..., None]
         v = (out.float() - x.float()) / (1 - t32).clamp(min=0.05)
         return torch.where(t32 < 1, v, 0.0).to(out.dtype)
 
@@ -555,11 +587,6 @@ class DiT(nn.Module):
         if non_embedding:
             n -= self.role_embed.weight.numel()
         return n
-
-    def flops_per_token(self, seq_len):
-        """Training FLOPs per token: 6 N + 12 L C T (nanoGPT's estimate), T = context + target."""
-        cfg = self.config
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
 def clean_estimate(x_t, t, velocity):
     """The clean latents the velocity points at: x_t + (1 - t) v (exact on the straight path).
@@ -573,24 +600,23 @@ def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None, self_c
 
     dit: the DiT, or any function with its forward's arguments (cola.py passes the block-causal
     one). x_data: (B, L, D) clean latents (context and target); t: (B,) time of each row's target,
-    or (B, L) one per token; is_target: (B, L) bool, the noised positions. Other positions stay
-    clean (t = 1); the loss is the mean squared error of the velocity x_data - noise over the
-    valid noised positions only, in fp32.
+    passed on to dit, or (B, L) one per token (cola.py); is_target: (B, L) bool, the noised
+    positions. Other positions stay clean (t = 1); the loss is the mean squared error of the
+    velocity x_data - noise over the valid noised positions only, in fp32.
     self_cond: the first half of the rows (random windows, so a random half) first get the DiT's
     own clean estimate from a no-grad pass and are scored given it; the rest are scored without
     one, as the first sampling step is. Half a batch of extra forward, no data-dependent branch."""
     noise = torch.randn_like(x_data) if noise is None else noise
-    t = t[:, None] if t.dim() == 1 else t
-    times = torch.where(is_target, t.to(x_data.dtype), 1.0)
+    times = torch.where(is_target, (t[:, None] if t.dim() == 1 else t).to(x_data.dtype), 1.0)
     x_t = times[..., None] * x_data + (1 - times[..., None]) * noise  # = x_data where t = 1
     extra = {}
     if self_cond:
         h = x_data.shape[0] // 2
         with torch.no_grad():
-            v_half = dit(x_t[:h], times[:h], is_target[:h], None if valid is None else valid[:h])
+            v_half = dit(x_t[:h], t[:h], is_target[:h], None if valid is None else valid[:h])
         estimate = torch.where(is_target[:h, :, None], clean_estimate(x_t[:h], times[:h], v_half), 0.0)
         extra['x_self'] = torch.cat([estimate, torch.zeros_like(x_t[h:])]).detach()
-    velocity = dit(x_t, times, is_target, valid, **extra)
+    velocity = dit(x_t, t, is_target, valid, **extra)
     error = (velocity.float() - (x_data - noise).float()).pow(2).mean(-1)
     scored = is_target if valid is None else is_target & valid   # not the padding of a short window
     return (error * scored).sum() / scored.sum().clamp(min=1)

@@ -35,13 +35,13 @@ def guided_velocity(dit, x, t, is_target, valid, unconditional_valid, scale, net
     previous clean estimates of the conditional (then unconditional) pass, for a self_cond DiT.
     Returns the velocity and the raw velocities of the passes run (B or 2B rows)."""
     B = x.shape[0]
-    times = torch.where(is_target, torch.full_like(x[..., 0], float(t)), torch.ones_like(x[..., 0]))
     guided = scale != 1.0
     if guided:
-        x, times = torch.cat([x, x]), torch.cat([times, times])
+        x = torch.cat([x, x])
         is_target, valid = torch.cat([is_target, is_target]), torch.cat([valid, unconditional_valid])
+    times = torch.full((x.shape[0],), float(t), dtype=net_dtype, device=x.device)
     extra = {} if x_self is None else dict(x_self=x_self.to(net_dtype))
-    v = dit(x.to(net_dtype), times.to(net_dtype), is_target, valid, **extra).to(x.dtype)
+    v = dit(x.to(net_dtype), times, is_target, valid, **extra).to(x.dtype)
     return (v[B:] + scale * (v[:B] - v[B:]) if guided else v), v
 
 

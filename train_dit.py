@@ -50,6 +50,7 @@ latent_block = 0           # Cola: denoise the target in blocks of this many tok
                            # (4 or 16; 0 = TextLDM, the whole target at one noise level)
 ema_decay = 0.9999
 prediction = 'v'           # the DiT outputs the velocity ('v') or the clean latents ('x'); the loss is on the velocity
+activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 self_cond = False          # self-conditioning: the DiT also reads its previous clean estimate (TextLDM only;
                            # +1/6 compute per iteration); sample.py uses it whenever the DiT has it
 # training: what training.train() reads
@@ -184,8 +185,26 @@ n_noisy = block_size - int(context_min * block_size) if latent_block else 0
 if latent_block and not space.vae.config.causal:
     training.print0(dist_, "note: Cola with a non-causal VAE: a decoded block can still change once later "
                          "blocks are generated (train the VAE with causal=True)")
+
+
+def train_flops_per_token():
+    """Forward and backward FLOPs of the DiT's loss per window token (a full window, cut in the
+    middle), counted on a copy of the DiT on the 'meta' device: MFU divides by what it computes."""
+    meta = copy.deepcopy(dit).to('meta')
+    x = torch.zeros(1, block_size, space.latent_dim, device='meta')
+    is_target = torch.arange(block_size, device='meta')[None] >= block_size // 2
+    if latent_block:
+        times = torch.full((1, -(-n_noisy // latent_block)), 0.5, device='meta')
+        valid = torch.ones_like(is_target)
+        loss = lambda: block_flow_matching_loss(meta, x, is_target, valid, times, latent_block, n_noisy)
+    else:
+        loss = lambda: flow_matching_loss(meta, x, torch.full((1,), 0.5, device='meta'), is_target,
+                                          self_cond=self_cond)
+    return training.counted_flops(lambda: loss().backward()) / block_size
+
+
+dit.checkpointing = activation_checkpointing
 objective = FlowMatchingObjective(dit, space, latent_block, n_noisy)
-training.train(config, 'dit', objective, batch_fn, dist_, model_args,
-             flops_per_token=dit.flops_per_token(block_size + n_noisy) * (block_size + n_noisy) / block_size,
-             tokens_per_sample=block_size, ema=(ema, dit, ema_decay))
+training.train(config, 'dit', objective, batch_fn, dist_, model_args, flops_per_token=train_flops_per_token(),
+               tokens_per_sample=block_size, ema=(ema, dit, ema_decay))
 dist_.close()

@@ -49,6 +49,7 @@ repa_layer = 0             # encoder block whose output is aligned (1-based; 0 =
 repa_weight = 1.0          # lambda
 projector_dim = 2048       # hidden width of the REPA projector MLP
 stats_batches = 20         # batches of training windows for the latent mean/std
+activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 compact_vocab = False      # renumber to the ids that occur in the data (small corpora, CPU)
 # training: what training.train() reads
 init_from = 'scratch'      # or 'resume': continue from out_dir's checkpoint as if never stopped
@@ -251,6 +252,7 @@ if repa_layer:
     overrides['repa_layer'] = repa_layer
 vae_config = make_config('vae', size, **overrides)
 vae = TextVAE(vae_config)
+vae.checkpointing = activation_checkpointing
 teacher = Teacher(repa_teacher, repa_teacher_layer, dist_.device, dtype) if repa_teacher else None
 projector = Projector(vae_config.n_embd, projector_dim, teacher.hidden_size) if teacher else None
 model_args = {**dataclasses.asdict(vae_config), 'vocab_ids': data.vocab.state(), 'projector_dim': projector_dim,

@@ -31,6 +31,15 @@ def peak_flops(device):
     return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
 
 
+def counted_flops(step):
+    """FLOPs of step() as torch's FlopCounterMode counts them (matmuls and attention): what the
+    model really computes, for MFU. On tensors of the 'meta' device it costs no memory and ~1 s."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
 class Dist:
     """Who we are in a (possibly single-process) run. DDP when torchrun has set RANK."""
 

@@ -88,7 +88,7 @@ def test_flow_matching_loss_time_convention():
     x_t, times = stub.calls[0]
     expect = torch.where(is_target[..., None], t[:, None, None] * x_data + (1 - t[:, None, None]) * noise, x_data)
     assert torch.allclose(x_t, expect, atol=1e-6)
-    assert torch.equal(times, torch.where(is_target, t[:, None], 1.0))   # context is clean: t = 1
+    assert torch.equal(times, t)   # the DiT gets each row's target time (its context is clean: t = 1)
     assert torch.allclose(x_t[0, 2:], noise[0, 2:])                        # t = 0: pure noise
     # a velocity of 0 costs |data - noise|^2 averaged over target positions and channels
     err = (x_data - noise).pow(2).mean(-1)
@@ -105,8 +105,8 @@ def test_sampler_integrates_from_noise_at_0_to_data_at_1():
     seen = []
 
     def dit(x, t, is_target, valid):
-        seen.append(t[is_target].unique().tolist())
-        return (target - x) / (1 - t).clamp(min=1e-12)[..., None]
+        seen.append(t.unique().tolist())
+        return (target - x) / (1 - t).clamp(min=1e-12)[:, None, None]
 
     context, context_valid = torch.randn(1, 2, 3), torch.ones(1, 2, dtype=torch.bool)
     for grid in ('uniform', 'logit_normal'):
@@ -132,7 +132,7 @@ class SelfCondStub(torch.nn.Module):
 
     def forward(self, x, t, is_target, valid=None, x_self=None):
         self.calls.append((x.clone(), t.clone(), None if x_self is None else x_self.clone()))
-        return 0.5 * x.flip(-1) + t[..., None]   # any function of x and t
+        return 0.5 * x.flip(-1) + t[:, None, None]   # any function of x and t
 
 
 def test_self_conditioning_in_training_feeds_a_no_grad_estimate_to_half_the_rows():
@@ -142,8 +142,9 @@ def test_self_conditioning_in_training_feeds_a_no_grad_estimate_to_half_the_rows
     is_target = torch.arange(L)[None, :] >= torch.tensor([2, 0, 4, 1])[:, None]
     stub = SelfCondStub()
     flow_matching_loss(stub, x_data, torch.rand(B, generator=g), is_target, noise=noise, self_cond=True)
-    (x_half, t_half, none), (x_t, times, x_self) = stub.calls
-    assert none is None and torch.equal(x_half, x_t[:2]) and torch.equal(t_half, times[:2])
+    (x_half, t_half, none), (x_t, t, x_self) = stub.calls
+    assert none is None and torch.equal(x_half, x_t[:2]) and torch.equal(t_half, t[:2])
+    times = torch.where(is_target, t[:, None], 1.0)   # the context is clean
     estimate = x_t[:2] + (1 - times[:2])[..., None] * stub(x_half, t_half, is_target[:2])
     assert torch.allclose(x_self[:2], torch.where(is_target[:2, :, None], estimate, 0.0))
     assert torch.equal(x_self[2:], torch.zeros_like(x_self[2:]))   # the other half: no estimate
@@ -162,7 +163,7 @@ def test_self_conditioning_in_sampling_feeds_each_pass_its_previous_estimate(cfg
     assert torch.equal(stub.calls[0][2], torch.zeros_like(stub.calls[0][2]))   # none at the first step
     for (x, t, _), (_, _, x_self) in zip(stub.calls, stub.calls[1:]):
         assert x.shape[0] == 2 * passes        # conditional and unconditional rows, each its own estimate
-        estimate = x + (1 - t)[..., None] * stub(x, t, None)
+        estimate = x + (1 - t)[:, None, None] * stub(x, t, None)
         assert torch.allclose(x_self, torch.where(is_target, estimate, 0.0))
 
 
@@ -179,7 +180,7 @@ def test_self_conditioning_dit_with_a_zero_estimate_path_is_the_plain_dit():
                                          generator=torch.Generator().manual_seed(0))
     assert torch.equal(run(plain), run(with_sc))
     with pytest.raises(ValueError, match='self_cond'):
-        plain(torch.zeros(1, 2, 4), torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), x_self=torch.zeros(1, 2, 4))
+        plain(torch.zeros(1, 2, 4), torch.zeros(1), torch.ones(1, 2, dtype=torch.bool), x_self=torch.zeros(1, 2, 4))
     with pytest.raises(ValueError, match='TextLDM'):
         make_config('dit', 'tiny', self_cond=True, latent_block=4)
 
@@ -236,8 +237,8 @@ def test_stochastic_steps_match_their_closed_form():
     m, sd, n, steps = 1.5, 0.3, 20000, 50
     gain = lambda t: t * sd ** 2 / (t ** 2 * sd ** 2 + (1 - t) ** 2)   # E[x1 | x_t] = m + gain (x_t - t m)
 
-    def exact(x, times, is_target, valid, **_):
-        t = times.double()[..., None]
+    def exact(x, t, is_target, valid, **_):
+        t = torch.where(is_target, t[:, None].double(), 1.0)[..., None]
         return torch.where(t < 1, (m + gain(t) * (x.double() - t * m) - x) / (1 - t).clamp(min=1e-12), 0.0)
 
     def predicted_std(renoise):
@@ -272,11 +273,11 @@ def manual_euler(dit, context, context_valid, target_valid, steps, generator, sc
     valid = torch.cat([context_valid, target_valid], dim=1)
     grid = torch.linspace(0, 1, steps + 1, dtype=torch.float64).tolist()
     for t0, t1 in zip(grid[:-1], grid[1:]):
-        times = torch.where(is_target, t0, 1.0).double()
-        v = dit(x.to(net_dtype), times.to(net_dtype), is_target, valid).double()[:, C:]
+        times = torch.full((B,), t0, dtype=net_dtype)
+        v = dit(x.to(net_dtype), times, is_target, valid).double()[:, C:]
         if scale != 1.0:
             xt = x[:, C:]
-            v_u = dit(xt.to(net_dtype), times[:, C:].to(net_dtype), is_target[:, C:], target_valid).double()
+            v_u = dit(xt.to(net_dtype), times, is_target[:, C:], target_valid).double()
             v = v_u + scale * (v - v_u)
         x = torch.cat([x[:, :C], x[:, C:] + (t1 - t0) * v], dim=1)
     return x[:, C:]

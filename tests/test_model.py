@@ -143,8 +143,7 @@ def dit_inputs(B=2, n_context=4, n_target=5, seed=0):
     L = n_context + n_target
     x = torch.randn(B, L, D, generator=g)
     is_target = torch.arange(L)[None].expand(B, L) >= n_context
-    t = torch.where(is_target, torch.rand(B, L, generator=g), torch.ones(B, L))
-    return x, t, is_target
+    return x, torch.rand(B, generator=g), is_target   # t: the time of each row's target
 
 def test_dit_shapes():
     x, t, is_target = dit_inputs()
@@ -155,9 +154,9 @@ def test_dit_adaln_zero_init_is_identity_and_output_zero():
     model = tiny_dit(perturb=False)
     x, t, is_target = dit_inputs()
     h = torch.randn(2, 9, 32)
-    c = torch.randn(2, 9, 32)
+    c = torch.randn(2, 2, 32)
     for block in model.blocks:
-        assert torch.equal(block(h, c), h)
+        assert torch.equal(block(h, c, is_target.long()), h)
     assert torch.equal(model(x, t, is_target), torch.zeros_like(x))
 
 def test_dit_target_depends_on_context():
@@ -174,10 +173,9 @@ def test_dit_context_padding_does_not_change_target():
     # the same context right-padded with 3 invalid slots inside its segment
     pad = lambda a, fill: torch.cat([a[:, :4], fill, a[:, 4:]], dim=1)
     x_pad = pad(x, torch.randn(2, 3, D))
-    t_pad = pad(t, torch.ones(2, 3))
     is_target_pad = pad(is_target, torch.zeros(2, 3, dtype=torch.bool))
     valid = pad(torch.ones(2, 9, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.bool))
-    out_pad = model(x_pad, t_pad, is_target_pad, valid)
+    out_pad = model(x_pad, t, is_target_pad, valid)
     assert torch.allclose(out_pad[:, 7:], out, atol=1e-5)
     assert torch.isfinite(out_pad).all()
 
@@ -207,12 +205,12 @@ def test_dit_sees_the_order_of_its_inputs():
 def test_dit_x_prediction_gives_the_velocity_to_its_clean_estimate():
     model = tiny_dit()
     x, t, is_target = dit_inputs()
-    t[0, -1] = 0.99   # past the 0.05 floor of 1 - t
+    t[0] = 0.99   # past the 0.05 floor of 1 - t
     model.config.prediction = 'x'
     v = model(x, t, is_target)
     model.config.prediction = 'v'
     x_clean = model(x, t, is_target)   # the same weights: the raw output is the clean estimate
-    one_minus_t = (1 - t).clamp(min=0.05)[..., None]
+    one_minus_t = (1 - torch.where(is_target, t[:, None], 1.0)).clamp(min=0.05)[..., None]
     assert torch.allclose((x + one_minus_t * v)[is_target], x_clean[is_target], atol=1e-5)
     assert torch.equal(v[~is_target], torch.zeros_like(v[~is_target]))   # clean tokens (t = 1) stay put
     with pytest.raises(ValueError, match='prediction'):
@@ -226,9 +224,8 @@ def test_dit_empty_context():
     # three context slots that are all padding behave like no context at all
     x3, t3, is_target3 = dit_inputs(n_context=3, n_target=5)
     x3[:, 3:] = x
-    t3[:, 3:] = t
     valid = is_target3.clone()
-    out3 = model(x3, t3, is_target3, valid)
+    out3 = model(x3, t, is_target3, valid)
     assert torch.allclose(out3[:, 3:], out, atol=1e-5)
     assert torch.isfinite(out3).all()
 
@@ -241,7 +238,8 @@ def test_dit_denoise_honours_its_attention_mask():
     # block-causal with blocks [0..3] and [4..8]: the first block cannot see the second
     block_id = (torch.arange(L) >= 4).long()
     attn_mask = block_id[:, None] >= block_id[None, :]
-    run = lambda x, mask: model.denoise(x, t, is_target, pos, build_attention_mask(L, x.device, None, mask))
+    times, segment = torch.stack([torch.ones_like(t), t], dim=1), is_target.long()
+    run = lambda x, mask: model.denoise(x, times, segment, is_target, pos, build_attention_mask(L, x.device, None, mask))
     other = x.clone()
     other[:, 4:] = torch.randn(2, 5, D)
     out, out_other = run(x, attn_mask), run(other, attn_mask)
@@ -249,7 +247,7 @@ def test_dit_denoise_honours_its_attention_mask():
     assert not torch.allclose(out[:, 4:], out_other[:, 4:])
     # a per-example (B, L, L) mask gives the same result; no mask is forward() without padding
     assert torch.allclose(out, run(x, attn_mask.expand(2, L, L)), atol=1e-6)
-    assert torch.equal(model.denoise(x, t, is_target, pos, None), model(x, t, is_target))
+    assert torch.equal(model.denoise(x, times, segment, is_target, pos, None), model(x, t, is_target))
 
 # -----------------------------------------------------------------------------
 # GPT
@@ -330,7 +328,81 @@ def test_every_preset_builds_and_counts_flops():
                 model = cls(make_config(kind, size))
             n = model.num_params()
             assert 0 < n < model.num_params(non_embedding=False)
-            assert model.flops_per_token(1024) > 6 * n
+            if kind != 'dit':   # the DiT's FLOPs are counted: see the next test
+                assert model.flops_per_token(1024) > 6 * n
+
+@pytest.mark.parametrize("size", list(DIT_SIZES))
+def test_dit_forward_flops_are_attention_mlp_and_io_only(size):
+    """Counted by torch on the meta device, a 1,024-token row (context and target) costs what
+    its attention, MLP, input and output layers cost, within 5%: adaLN is paid per row and time,
+    not per token (per token it was 1.45x attention + MLP at dit-l)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    L = 1024
+    with torch.device('meta'):
+        model = DiT(make_config('dit', size, block_size=L))
+        x, t, is_target = torch.zeros(1, L, 64), torch.rand(1), torch.arange(L)[None] >= 300
+    with FlopCounterMode(display=False) as counter:
+        model(x, t, is_target)
+    C, n_layer, hidden = model.config.n_embd, model.config.n_layer, int(model.config.n_embd * 4)
+    per_layer = 2 * 4 * C * C + 2 * 2 * L * C + 2 * 2 * C * hidden   # qkv+proj, scores+values, MLP
+    expected = n_layer * per_layer + 2 * 2 * 64 * C                  # + input and output layers
+    assert abs(counter.get_total_flops() / L / expected - 1) < 0.05
+
+def test_dit_modulation_per_time_equals_the_per_token_computation():
+    """Each distinct time's adaLN modulation, shared by its tokens, is what every token would
+    compute for itself (here: each token given its own entry of the time table)."""
+    model = tiny_dit()
+    x, t, is_target = dit_inputs(B=3)
+    B, L = is_target.shape
+    pos = torch.arange(L).expand(B, L)
+    per_row = model.denoise(x, torch.stack([torch.ones_like(t), t], 1), is_target.long(), is_target, pos, None)
+    per_token = model.denoise(x, torch.where(is_target, t[:, None], 1.0), torch.arange(L).expand(B, L),
+                              is_target, pos, None)
+    assert torch.allclose(per_row, per_token, atol=1e-6)
+    assert torch.equal(per_row, model(x, t, is_target))
+
+@pytest.mark.parametrize("kind", ['vae', 'dit'])
+def test_activation_checkpointing_changes_nothing_but_memory(kind):
+    model = tiny_vae(dropout=0.1) if kind == 'vae' else tiny_dit()
+    model.train()
+    if kind == 'vae':
+        idx = torch.randint(0, V, (2, 9))
+        run = lambda: model(idx)[0].float().pow(2).mean()
+    else:
+        x, t, is_target = dit_inputs()
+        run = lambda: model(x, t, is_target).pow(2).mean()
+
+    def loss_and_grads(on):
+        model.checkpointing = on
+        model.zero_grad()
+        torch.manual_seed(1)   # the same dropout and sampling noise, recomputed alike
+        loss = run()
+        loss.backward()
+        return loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        saved = []
+        plain = loss_and_grads(False)
+        plain_saved, saved = sum(saved), []
+        checkpointed = loss_and_grads(True)
+        assert sum(saved) < plain_saved / 2
+    assert torch.equal(plain[0], checkpointed[0])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain[1], checkpointed[1]))
+
+@pytest.mark.parametrize("kind", ['vae', 'dit'])
+def test_residual_stream_is_bf16_under_autocast(kind):
+    """An fp32 table added to bf16 outputs would make every block's input fp32."""
+    model = tiny_vae() if kind == 'vae' else tiny_dit()
+    blocks = list(model.encoder_blocks) + list(model.decoder_blocks) if kind == 'vae' else model.blocks
+    seen = []
+    for block in blocks:
+        block.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        if kind == 'vae':
+            model(torch.randint(0, V, (2, 9)))
+        else:
+            model(*dit_inputs())
+    assert len(seen) == len(blocks) and set(seen) == {(torch.bfloat16, torch.bfloat16)}
 
 def test_gpt_kv_cache_chunks_match_full_forward():
     model = tiny_gpt()

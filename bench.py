@@ -4,6 +4,7 @@ Benchmarks for the README. Each prints a markdown table with the machine it ran 
     python bench.py --what=prepare   # prepare.py's tokenizing speed vs plain tiktoken, peak memory
     python bench.py --what=corpus    # how fast the embedded story generator writes tokens
     python bench.py --what=prepare,corpus
+    python bench.py --what=flops --seq_len=1024   # the DiT's forward FLOPs per token, counted
 
 The prepare benchmark writes a synthetic OpenWebText2 archive (a tar of .jsonl.zst shards, real
 English prose from Python's own documentation, ~6 KB per document like OpenWebText2's) into a
@@ -29,7 +30,7 @@ device = 'cpu'
 dtype = 'float32'
 compile = False
 seed = 1337
-what = 'prepare'           # comma-separated: prepare, corpus, train, sample
+what = 'prepare'           # comma-separated: prepare, corpus, train, sample, flops
 prepare_mb = 32            # text for the throughput runs
 memory_mb = (16, 64)       # two corpus sizes: peak memory should not grow with the corpus
 memory_num_proc = 2
@@ -264,6 +265,41 @@ def bench_train(cfg):
 
 
 # -----------------------------------------------------------------------------
+# The DiT's FLOPs, counted: what each forward pass computes, against what attention and MLP need
+
+def bench_flops(cfg):
+    """Forward FLOPs per token of every DiT preset on a seq_len row (context and target), counted
+    by torch's FlopCounterMode on the meta device (no memory, no compute): adaLN computed once per
+    distinct time of a row (the DiT's way) and once per token (the way of image DiTs and of this
+    DiT before), against the attention + MLP + input/output layers the row needs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    import model
+    L, rows = cfg['seq_len'], []
+    for size in model.DIT_SIZES:
+        with torch.device('meta'):
+            dit = model.DiT(model.make_config('dit', size, block_size=L))
+            x, t = torch.zeros(1, L, dit.config.latent_dim), torch.full((1,), 0.5)
+            is_target = torch.arange(L)[None] >= L // 2
+        pos, counts = torch.arange(L, device='meta')[None], {}
+        per_token = (torch.where(is_target, t[:, None], 1.0), pos)   # each token its own time-table entry
+        per_row = (torch.stack([torch.ones_like(t), t], dim=1), is_target.long())
+        for name, (times, segment) in (('per token', per_token), ('per time', per_row)):
+            with FlopCounterMode(display=False) as counter:
+                dit.denoise(x, times, segment, is_target, pos, None)
+            counts[name] = counter.get_total_flops() / L
+        C, hidden = dit.config.n_embd, int(dit.config.n_embd * dit.config.mlp_ratio)
+        needed = dit.config.n_layer * (8 * C * C + 4 * L * C + 4 * C * hidden) + 4 * dit.config.latent_dim * C
+        rows.append((size, f"{dit.num_params() / 1e6:.0f}M", f"{needed / 1e9:.3f}", f"{counts['per token'] / 1e9:.3f}",
+                     f"{counts['per token'] / needed:.2f}x", f"{counts['per time'] / 1e9:.3f}",
+                     f"{counts['per time'] / needed:.3f}x", f"{counts['per token'] / counts['per time']:.2f}x"))
+    print(f"DiT forward GFLOP per token, a {L}-token row (context and target: two distinct times), counted "
+          f"by torch.utils.flop_counter on the meta device\n")
+    table(('DiT', 'params', 'attention + MLP + in/out', 'adaLN per token', 'ratio', 'adaLN per time', 'ratio',
+           'saved'), rows)
+
+
+# -----------------------------------------------------------------------------
 # Sampling speed: TextLDM (all tokens at once, `gen_steps` ODE steps with CFG) against the
 # GPT with its key/value cache (one token per step). Weights are random: speed does not care.
 
@@ -338,7 +374,8 @@ def bench_sample(cfg):
 if __name__ == '__main__':
     config = configurator.configure(globals(), 'bench')
     for name in what.split(','):
-        benches = {'prepare': bench_prepare, 'corpus': bench_corpus, 'train': bench_train, 'sample': bench_sample}
+        benches = {'prepare': bench_prepare, 'corpus': bench_corpus, 'train': bench_train, 'sample': bench_sample,
+                   'flops': bench_flops}
         if name.strip() not in benches:
             raise configurator.ConfigError(f"what={name!r}: choose from {', '.join(benches)}")
         benches[name.strip()](config)

@@ -41,11 +41,11 @@ dropout = 0.0
 vae_path = '{out_dir}/vae.pt'
 context_min = 0.0          # the cut point, as a fraction of the window, is uniform in
 context_max = 0.75         # [context_min, context_max]; at least one target token remains
-truncate_prob = 0.5        # share of windows cut to a random length in [2, block_size] first, so the
-                           # DiT sees every prompt + continuation length evaluation asks for
+truncate_prob = 0.5        # share of micro-batches whose windows are cut to one random length in
+                           # [2, block_size], so the DiT sees every prompt + continuation length evaluation asks for
 timestep_sampling = 'logit_normal'  # or 'uniform'
 logit_normal_std = 1.5     # the paper's choice (1.2 and uniform were worse)
-cfg_dropout = 0.1          # probability of dropping the context, for classifier-free guidance
+cfg_dropout = 0.1          # share of micro-batches trained without context, for classifier-free guidance
 latent_block = 0           # Cola: denoise the target in blocks of this many tokens, block-causally
                            # (4 or 16; 0 = TextLDM, the whole target at one noise level)
 ema_decay = 0.9999
@@ -102,17 +102,11 @@ def pack(context, target, cut):
     return packed, is_target
 
 
-def packed_valid(is_target, length, drop_context):
-    """(B, W) bool: the positions of packed rows that are tokens, not padding. A row holds
-    `length` tokens (a window cut short is padded after them), and a dropped context is padding."""
-    in_window = torch.arange(is_target.shape[1], device=is_target.device) < length[:, None]
-    return in_window & (is_target | ~drop_context[:, None])
-
-
 class FlowMatchingObjective(nn.Module):
     """Encode, pack, and score the DiT's velocity on the target positions (model.flow_matching_loss).
     With latent_block > 0 (Cola), every target block gets its own time and is denoised given the
-    clean blocks before it (model.block_flow_matching_loss)."""
+    clean blocks before it (cola.block_flow_matching_loss). No packed row has padding (batch_fn),
+    so the DiT's attention runs unmasked: SDPA's fastest kernel."""
 
     def __init__(self, dit, space, latent_block=0, n_noisy=0):
         super().__init__()
@@ -120,40 +114,41 @@ class FlowMatchingObjective(nn.Module):
         self.latent_block, self.n_noisy = latent_block, n_noisy  # n_noisy: the longest target
         self.self_cond = dit.config.self_cond
 
-    def forward(self, context_idx, context_valid, target_idx, target_valid, cut, drop_context):
+    def forward(self, context_idx, context_valid, target_idx, target_valid, cut):
         x_data, is_target = pack(self.space.encode(context_idx, context_valid),
                                  self.space.encode(target_idx, target_valid), cut)
-        valid = packed_valid(is_target, cut + target_valid.sum(1), drop_context)
         if self.latent_block:
             n_blocks = -(-self.n_noisy // self.latent_block)
             times = sample_timesteps(len(cut) * n_blocks, cut.device).view(len(cut), n_blocks)
-            return block_flow_matching_loss(self.dit, x_data, is_target, valid, times,
+            return block_flow_matching_loss(self.dit, x_data, is_target, torch.ones_like(is_target), times,
                                             self.latent_block, self.n_noisy), {}
         t = sample_timesteps(len(cut), cut.device)
-        return flow_matching_loss(self.dit, x_data, t, is_target, valid, self_cond=self.self_cond), {}
+        return flow_matching_loss(self.dit, x_data, t, is_target, self_cond=self.self_cond), {}
 
 
 def batch_fn(split, rng):
-    """Windows, a share of them cut short, each cut at a random point: context tokens at the
-    start of one row, target tokens at the start of another (each is encoded on its own), plus
-    the cut and the context-drop flags. Tokens past a window's length are padding."""
-    window = data.windows(split, batch_size, block_size, rng)
-    length = np.full(batch_size, block_size)
-    if truncate_prob:  # drawn only when asked for: truncate_prob=0 keeps the data stream as it was
-        length = np.where(rng.random(batch_size) < truncate_prob,
-                          rng.integers(2, block_size + 1, size=batch_size), block_size)
-    lo = (context_min * length).astype(np.int64)
-    hi = np.minimum((context_max * length).astype(np.int64), length - 1)
-    cut = rng.integers(lo, hi + 1)
-    pos = np.arange(block_size)[None, :]
+    """Windows, each cut at a random point into a context (at the start of one row) and a target
+    (at the start of another: each is encoded on its own), and the cut. Two draws are made per
+    micro-batch rather than per window, so that no packed row is padding: with probability
+    truncate_prob every window is cut to one random length (the batch is that long), and with
+    probability cfg_dropout every context is dropped (cut 0: the whole window is the target,
+    which is what sampling from an empty prompt continues)."""
+    length = block_size
+    if truncate_prob and rng.random() < truncate_prob:   # drawn only when asked for
+        length = int(rng.integers(2, block_size + 1))
+    window = data.windows(split, batch_size, length, rng)
+    if rng.random() < cfg_dropout:
+        cut = np.zeros(batch_size, dtype=np.int64)
+    else:
+        cut = rng.integers(int(context_min * length), min(int(context_max * length), length - 1) + 1, size=batch_size)
+    pos = np.arange(length)[None, :]
     context_valid = pos < cut[:, None]
     target_valid = pos < (length - cut)[:, None]
-    shifted = np.take_along_axis(window, np.minimum(pos + cut[:, None], block_size - 1), axis=1)
+    shifted = np.take_along_axis(window, np.minimum(pos + cut[:, None], length - 1), axis=1)
     eot = data.vocab.eot
-    drop = rng.random(batch_size) < cfg_dropout
     return (torch.from_numpy(np.where(context_valid, window, eot)), torch.from_numpy(context_valid),
             torch.from_numpy(np.where(target_valid, shifted, eot)), torch.from_numpy(target_valid),
-            torch.from_numpy(cut), torch.from_numpy(drop))
+            torch.from_numpy(cut))
 
 
 # -----------------------------------------------------------------------------

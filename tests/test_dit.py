@@ -35,11 +35,11 @@ def one_thread():
 
 
 def script_function(script, name, namespace):
-    """A top-level function of a stage script, without running the script's top-level code."""
+    """A top-level function or class of a stage script, without running the script's top-level code."""
     path = os.path.join(ROOT, script)
     with open(path) as f:
         tree = ast.parse(f.read(), path)
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    node = next(n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name)
     exec(compile(ast.Module(body=[node], type_ignores=[]), path, 'exec'), namespace)
     return namespace[name]
 
@@ -385,35 +385,66 @@ class WindowStub:
 
 
 def dit_batch_fn(**keys):
-    ns = dict(np=np, torch=torch, data=WindowStub, batch_size=4000, block_size=64, truncate_prob=0.5,
+    ns = dict(np=np, torch=torch, data=WindowStub, batch_size=8, block_size=64, truncate_prob=0.5,
               context_min=0.0, context_max=0.75, cfg_dropout=0.1)
     return script_function('train_dit.py', 'batch_fn', {**ns, **keys})
 
 
-def test_training_windows_of_every_length():
+def test_training_batches_of_every_length_and_never_padded():
     """Evaluation continues prompts of every length by continuations of every length (LM1B
-    sentences are ~30 tokens): the DiT trains on windows cut short as well as full ones."""
-    context, context_valid, target, target_valid, cut, drop = dit_batch_fn()('train', np.random.default_rng(0))
-    length = (cut + target_valid.sum(1)).numpy()
-    assert set(length) == set(range(2, 65))                 # every length from 2 to block_size...
-    assert 0.45 < (length == 64).mean() < 0.6              # ...and about half the windows whole
-    assert (target_valid.sum(1) >= 1).all() and (cut.numpy() <= 0.75 * length).all()
-    for b in range(5):  # the context is the window's start, the target what follows it, then padding
-        c, n = int(cut[b]), int(length[b])
+    sentences are ~30 tokens): the DiT trains on windows cut short as well as full ones, a whole
+    micro-batch at a time, and a tenth of the micro-batches without context; no packed row
+    (context then target) has padding, so the DiT's attention needs no mask."""
+    fn, rng = dit_batch_fn(batch_size=8), np.random.default_rng(0)
+    widths, dropped = [], 0
+    for _ in range(2000):
+        context, context_valid, target, target_valid, cut = fn('train', rng)
+        width = context.shape[1]
+        widths.append(width)
+        assert (cut + target_valid.sum(1) == width).all() and (target_valid.sum(1) >= 1).all()
+        assert (context_valid.sum(1) == cut).all() and (cut <= 0.75 * width).all()
+        dropped += bool((cut == 0).all())
+        b, c = 0, int(cut[0])   # the context is the window's start, the target what follows it
         assert context[b, :c].tolist() == list(range(c)) and (context[b, c:] == -1).all()
-        assert target[b, :n - c].tolist() == list(range(c, n)) and (target[b, n - c:] == -1).all()
-    # truncate_prob=0 draws nothing more: the data stream of a run without truncation is unchanged
-    full = dit_batch_fn(truncate_prob=0.0, batch_size=8)('train', np.random.default_rng(1))
-    assert (full[4] + full[3].sum(1) == 64).all()
+        assert target[b, :width - c].tolist() == list(range(c, width)) and (target[b, width - c:] == -1).all()
+    widths = np.array(widths)
+    assert set(widths) == set(range(2, 65)) and 0.45 < (widths == 64).mean() < 0.6
+    assert 0.08 < dropped / 2000 < 0.14   # cfg_dropout=0.1 (plus the odd batch whose every cut is 0)
+    # truncate_prob=0 draws nothing for it: full windows, then the cut points
+    full = dit_batch_fn(truncate_prob=0.0, cfg_dropout=0.0, batch_size=8)('train', np.random.default_rng(1))
     rng = np.random.default_rng(1)
-    assert full[4].tolist() == rng.integers(0, 48 + 1, size=8).tolist()
+    rng.random()   # the context-drop draw
+    assert full[0].shape == (8, 64) and full[4].tolist() == rng.integers(0, 48 + 1, size=8).tolist()
 
 
-def test_packed_valid_marks_padding_of_short_windows_and_dropped_contexts():
-    packed_valid = script_function('train_dit.py', 'packed_valid', {'torch': torch})
-    is_target = torch.arange(6)[None, :] >= torch.tensor([[2], [2], [0]])
-    valid = packed_valid(is_target, torch.tensor([4, 6, 3]), torch.tensor([False, True, False]))
-    assert valid.int().tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
+def test_textldm_training_attention_is_never_masked(monkeypatch):
+    """The DiT's attention in a training step gets no mask (SDPA may pick its flash kernel); the
+    frozen VAE's encoding of the contexts, which do differ in length, does."""
+    import latent_space
+    import model
+    import tokenization
+    from model import TextVAE
+    class Data(WindowStub):
+        vocab = tokenization.Vocab()   # GPT-2's ids; the windows hold ids 0..15
+    names = dict(np=np, torch=torch, nn=torch.nn, data=Data, batch_size=4, block_size=16,
+                 truncate_prob=0.5, context_min=0.0, context_max=0.75, cfg_dropout=0.5,
+                 timestep_sampling='uniform', logit_normal_std=1.0, flow_matching_loss=flow_matching_loss)
+    for name in ('batch_fn', 'pack', 'sample_timesteps', 'FlowMatchingObjective'):
+        script_function('train_dit.py', name, names)
+    torch.manual_seed(0)
+    vae = TextVAE(make_config('vae', 'tiny', block_size=16, latent_dim=4, n_embd=32, n_head=2))
+    space = latent_space.LatentSpace(vae.eval(), torch.zeros(4), torch.ones(4), Data.vocab)
+    dit = DiT(make_config('dit', 'tiny', latent_dim=4, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    objective = names['FlowMatchingObjective'](dit, space)
+    masks, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(model.F, 'scaled_dot_product_attention',
+                        lambda *a, **kw: masks.append(kw.get('attn_mask')) or sdpa(*a, **kw))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        masks.clear()
+        objective(*names['batch_fn']('train', rng))[0].backward()
+        n_vae = 2 * vae.config.n_enc_layer   # contexts and targets are encoded apart
+        assert len(masks) == n_vae + dit.config.n_layer and all(m is None for m in masks[n_vae:])
 
 
 def test_flow_matching_loss_ignores_the_padding_of_a_short_window():

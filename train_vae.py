@@ -152,12 +152,11 @@ class Teacher:
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.bool)
-        pairs = []
-        for b, (teacher_ids, pairs_b) in enumerate(rows):
+        for b, (teacher_ids, _) in enumerate(rows):
             ids[b, :len(teacher_ids)] = torch.tensor(teacher_ids, dtype=torch.long)
             mask[b, :len(teacher_ids)] = True
-            pairs += [(b, i, j) for i, j in pairs_b]
-        return ids, mask, torch.tensor(pairs, dtype=torch.long).reshape(-1, 3)
+        pairs = np.concatenate([np.insert(pairs_b, 0, b, axis=1) for b, (_, pairs_b) in enumerate(rows)])
+        return ids, mask, torch.from_numpy(pairs)
 
     @torch.compiler.disable
     @torch.no_grad()

@@ -5,17 +5,48 @@ vocabulary, or its own tokens paired with ours through character offsets.
 """
 import numpy as np
 import torch
+import torch.nn as nn
 
 import tokenization
 from configurator import ConfigError
+
+# -----------------------------------------------------------------------------
+# Only what REPA reads: the blocks up to its layer, never the LM head. On Qwen3-1.7B at layer -3
+# that skips 2 of 28 blocks and the 151,936-wide output layer, whose logits alone (16 x 1,024
+# tokens, bf16) would take 5 GB.
+
+FINAL_NORMS = ('norm', 'ln_f', 'final_layer_norm')  # Llama/Qwen/Mistral, GPT-2, GPT-NeoX
+
+
+def cut_after(model, layer):
+    """Cut a transformers model in place so that its base model's last_hidden_state is the full
+    model's hidden_states[layer] (0 = the embeddings, k = after block k, negative from the end).
+    The blocks after that layer go, and the final norm with them: transformers applies it to the
+    last entry of hidden_states only, so it stays only when the layer is the last.
+    Returns (the base model, the number of parameters dropped)."""
+    base = model.base_model  # the model without its LM head
+    depth = base.config.num_hidden_layers
+    keep = layer % (depth + 1)  # blocks to run
+    blocks = [name for name, child in base.named_children() if isinstance(child, nn.ModuleList) and len(child) == depth]
+    norms = [name for name in FINAL_NORMS if isinstance(getattr(base, name, None), nn.Module)]
+    if len(blocks) != 1 or len(norms) != 1:
+        raise SystemExit(f"cannot cut the REPA teacher ({type(base).__name__}) after its layer {layer}: expected "
+                         f"one list of its {depth} blocks and one final norm ({', '.join(FINAL_NORMS)}) on it, "
+                         f"as GPT-2 (h, ln_f) and Llama/Qwen-style models (layers, norm) have")
+    before = sum(p.numel() for p in model.parameters())
+    setattr(base, blocks[0], getattr(base, blocks[0])[:keep])
+    if keep < depth:
+        setattr(base, norms[0], nn.Identity())
+    return base, before - sum(p.numel() for p in base.parameters())
 
 
 # -----------------------------------------------------------------------------
 # The REPA teacher
 
 class Teacher:
-    """A frozen causal LM from transformers. Not an nn.Module attribute of the objective, so it
-    is neither trained, nor saved, nor wrapped by DDP or torch.compile."""
+    """A frozen causal LM from transformers, cut after the layer REPA reads (cut_after). Not an
+    nn.Module attribute of the objective, so it is neither trained, nor saved, nor wrapped by
+    DDP or torch.compile."""
 
     def __init__(self, name_or_path, layer, device, block_size):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -34,11 +65,12 @@ class Teacher:
         if block_size > self.context:
             raise ConfigError(f"block_size={block_size} is longer than the {self.context}-token context of "
                               f"repa_teacher={name_or_path!r}: shorten the VAE's window")
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(
+        try:  # loaded whole, as published (AutoModel would list an untied LM head as unexpected)
+            model = AutoModelForCausalLM.from_pretrained(
                 name_or_path, dtype=torch.bfloat16 if device.startswith('cuda') else torch.float32)
         except (OSError, ValueError, KeyError) as e:
             raise cannot_load(e)
+        self.model, dropped = cut_after(model, layer)  # cut on the CPU: the device never holds the rest
         self.model.requires_grad_(False).eval().to(device)
         self.layer, self.device, self.name, self.block_size = layer, device, name_or_path, block_size
         if layer in (0, -(depth + 1)):
@@ -54,7 +86,8 @@ class Teacher:
         self.vocab = self._token_space()
         self.same_tokens = self.vocab is not None
         how = 'one to one (GPT-2 tokens)' if self.same_tokens else 'through character offsets'
-        print(f"REPA teacher {name_or_path}: hidden {self.hidden_size}, layer {layer}, aligned {how}")
+        print(f"REPA teacher {name_or_path}: hidden {self.hidden_size}, layer {layer} (runs {layer % (depth + 1)} "
+              f"of {depth} blocks, no LM head: {dropped / 1e6:.2f}M parameters dropped), aligned {how}")
 
     def _token_space(self):
         compact = getattr(self.config, 'textldm_vocab_ids', None)
@@ -96,8 +129,7 @@ class Teacher:
         """(B, length, hidden) fp32 teacher states on our token positions, and (B, length) bool:
         which of our positions got one. With different tokenizers, a token of ours takes the
         mean of the states of every teacher token that overlaps its characters."""
-        out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
-        states = out.hidden_states[self.layer].float()
+        states = self.model(input_ids=ids, attention_mask=mask.long(), use_cache=False).last_hidden_state.float()
         if self.same_tokens:
             return states, mask
         b, i, j = pairs.unbind(1)

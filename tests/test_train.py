@@ -168,6 +168,53 @@ def test_vae_resume_is_exact_and_evaluation_does_not_disturb_training(data_dir, 
     assert torch.equal(full_ckpt['latent_mean'], load_ckpt(tmp_path / 'split' / 'vae.pt')['latent_mean'])
 
 
+def toy_run(out_dir, prefetch, max_iters=8, init_from='scratch'):
+    """training.train in this process on a toy regression with dropout, 2 micro-steps a step:
+    (the training batches the objective saw, the threads batch_fn ran in, checkpoint, metrics)."""
+    import threading
+    seen, threads = [], set()
+
+    def batch_fn(split, rng):
+        threads.add(threading.current_thread().name)
+        x = torch.from_numpy(rng.standard_normal((4, 3)).astype(np.float32))
+        return x, x.sum(1, keepdim=True)
+
+    class Objective(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.drop = torch.nn.Linear(3, 1), torch.nn.Dropout(0.5)  # dropout: torch's RNG in use
+
+        def forward(self, x, y):
+            if self.training:
+                seen.append(x)
+            return torch.nn.functional.mse_loss(self.net(self.drop(x)), y), {}
+    cfg = dict(out_dir=str(out_dir), dtype='float32', compile=False, seed=3, init_from=init_from,
+               max_iters=max_iters, eval_interval=4, eval_iters=2, log_interval=100, batch_size=4,
+               gradient_accumulation_steps=2, learning_rate=0.1, min_lr=0.01, warmup_iters=2,
+               lr_decay_iters=8, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, wandb_log=False)
+    torch.manual_seed(0)
+    training.train(cfg, 'toy', Objective(), batch_fn, training.Dist('cpu'), {}, prefetch=prefetch)
+    return seen, threads, load_ckpt(out_dir / 'toy.pt'), read_metrics(out_dir / 'toy_metrics.jsonl')
+
+
+def test_batches_built_in_a_background_thread_change_nothing(tmp_path):
+    """prefetch builds each next batch in a thread while the model works: the same batches in
+    the same order, the same checkpoint (weights, next batch, every RNG) and metrics as in line,
+    and the same across a resume."""
+    ahead, ahead_threads, ahead_ckpt, ahead_metrics = toy_run(tmp_path / 'ahead', prefetch=True)
+    in_line, in_line_threads, in_line_ckpt, in_line_metrics = toy_run(tmp_path / 'in_line', prefetch=False)
+    assert any(name.startswith('next_batch') for name in ahead_threads) and in_line_threads == {'MainThread'}
+    assert len(ahead) == len(in_line) == 16 and all(torch.equal(a, b) for a, b in zip(ahead, in_line))
+    assert ahead_metrics == in_line_metrics and len(ahead_metrics) == 3
+    assert_same_weights(ahead_ckpt, in_line_ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(ahead_ckpt['next_batch'][0], in_line_ckpt['next_batch'][0]))
+    assert repr(ahead_ckpt['rng']) == repr(in_line_ckpt['rng'])
+    toy_run(tmp_path / 'split', prefetch=True, max_iters=4)
+    split, _, split_ckpt, split_metrics = toy_run(tmp_path / 'split', prefetch=True, init_from='resume')
+    assert len(split) == 8 and all(torch.equal(a, b) for a, b in zip(split, ahead[8:])) and split_metrics == ahead_metrics
+    assert_same_weights(split_ckpt, ahead_ckpt)
+
+
 # -----------------------------------------------------------------------------
 # 3. REPA alignment: the teacher's tokenizer is GPT-2's (one to one) or another (character offsets)
 

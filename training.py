@@ -303,8 +303,9 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
                          'next_batch': states[1]}, ckpt_path)
 
     # One worker, one batch ahead: the next batch (for the VAE, the teacher's tokenizer and the
-    # character alignment, CPU work in Python) is built while this one's forward and backward run.
-    # It is waited for before the step ends, so a checkpoint holds it and the data RNG after it.
+    # character alignment: CPU work, much of it Python) is built while this one's forward and
+    # backward run. It is waited for before the step ends, so a checkpoint holds it and the data
+    # RNG after it.
     pool = ThreadPoolExecutor(1, thread_name_prefix='next_batch') if prefetch else None
     submit = pool.submit if prefetch else in_line
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # checked when we sync anyway

@@ -5,6 +5,7 @@ Benchmarks for the README. Each prints a markdown table with the machine it ran 
     python bench.py --what=corpus    # how fast the embedded story generator writes tokens
     python bench.py --what=prepare,corpus
     python bench.py --what=flops --seq_len=1024   # the DiT's forward FLOPs per token, counted
+    python bench.py --what=repa      # the REPA teacher's and its inputs' share of a paper-size VAE step
 
 The prepare benchmark writes a synthetic OpenWebText2 archive (a tar of .jsonl.zst shards, real
 English prose from Python's own documentation, ~6 KB per document like OpenWebText2's) into a
@@ -30,7 +31,7 @@ device = 'cpu'
 dtype = 'float32'
 compile = False
 seed = 1337
-what = 'prepare'           # comma-separated: prepare, corpus, train, sample, flops
+what = 'prepare'           # comma-separated: prepare, corpus, train, sample, flops, repa
 prepare_mb = 32            # text for the throughput runs
 memory_mb = (16, 64)       # two corpus sizes: peak memory should not grow with the corpus
 memory_num_proc = 2
@@ -52,6 +53,13 @@ gen_steps = 50
 gen_cfg_scale = 7.0
 gen_cola_block = 16        # the block-causal (Cola) DiT: tokens per block (0 = leave it out)
 gen_cola_steps = 16        # Euler steps per block
+# repa: config/owt.py's VAE step (FLOPs counted, not run) and its teacher's inputs (timed on this CPU)
+repa_vae_size = 'paper'
+repa_teacher_layer = -3
+repa_window = 1024
+repa_batch = 16
+repa_batches = 4           # batches of teacher inputs timed
+repa_teacher_vocab = 8000  # the stand-in teacher tokenizer's (config/owt.py's Qwen3 tokenizer is a download)
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -371,11 +379,108 @@ def bench_sample(cfg):
            *[f'{k} speed-up' for k in names]), rows)
 
 
+# -----------------------------------------------------------------------------
+# REPA's share of a VAE step at paper sizes: the teacher's FLOPs against the VAE's, counted on
+# the meta device (shapes only: no weights, no time), and the teacher's inputs (its tokenizer and
+# the character alignment, CPU work on every rank) timed for real.
+
+QWEN3_1_7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
+
+
+def repa_step_flops(cfg):
+    """FLOPs of one step's VAE forward+backward, of the teacher as it ran before (all blocks and
+    the LM head) and as it runs now (cut after its layer); the teacher's parameters, and those cut."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    import model
+    import teacher
+    from training import counted_flops
+    B, T, layer = cfg['repa_batch'], cfg['repa_window'], cfg['repa_teacher_layer']
+    vae_config = model.make_config('vae', cfg['repa_vae_size'], vocab_size=tokenization.VOCAB_SIZE, block_size=T)
+    with torch.device('meta'):
+        vae = model.TextVAE(vae_config)
+        projector = model.Projector(vae_config.n_embd, 2048, QWEN3_1_7B['hidden_size'])  # config/owt.py's
+        lm = Qwen3ForCausalLM(Qwen3Config(**QWEN3_1_7B))
+        idx, valid = torch.zeros(B, T, dtype=torch.long), torch.ones(B, T, dtype=torch.bool)
+        target = torch.zeros(B, T, QWEN3_1_7B['hidden_size'])
+
+    def vae_step():  # train_vae.py's objective, CE + KL + REPA, and its backward
+        logits, mean, logvar, hidden = vae(idx, valid)
+        loss = (F.cross_entropy(logits.flatten(0, 1), idx.flatten()) + model.kl_divergence(mean, logvar, valid)
+                + model.repa_loss(projector(hidden), target, valid))
+        loss.backward()
+    # a padding mask cannot be inspected on meta tensors: the causal mask goes in as if prepared
+    causal = {'full_attention': None}
+    params = sum(p.numel() for p in lm.parameters())
+    with torch.no_grad():
+        before = counted_flops(lambda: lm(input_ids=idx, attention_mask=causal, output_hidden_states=True))
+        trunk, dropped = teacher.cut_after(lm, layer)
+        now = counted_flops(lambda: trunk(input_ids=idx, attention_mask=causal, use_cache=False))
+    return counted_flops(vae_step), before, now, params, dropped
+
+
+def repa_inputs_cpu(cfg, folder):
+    """CPU ms per window of align_by_characters and per batch of Teacher.inputs, on 1,024-token
+    windows of English text, with a stand-in teacher whose tokenizer is a byte-level BPE trained
+    on that text; and the teacher's tokens per window."""
+    import numpy as np
+    import torch
+    import rehearsal
+    from teacher import Teacher
+    B, T = cfg['repa_batch'], cfg['repa_window']
+    texts = english_documents(4)
+    rehearsal.write_teacher(folder, texts, cfg['repa_teacher_vocab'], 'cpu', hidden_size=64, intermediate_size=128,
+                            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    stand_in = Teacher(folder, cfg['repa_teacher_layer'], 'cpu', T)
+    ids = tokenization.get_tokenizer().encode_ordinary_batch(texts)
+    stream = np.array([t for doc in ids for t in doc + [tokenization.EOT]], dtype=np.int64)
+    starts = np.random.default_rng(cfg['seed']).integers(0, len(stream) - T, size=(cfg['repa_batches'], B))
+    batches = [torch.from_numpy(stream[s[:, None] + np.arange(T)]) for s in starts]
+    valid, vocab = torch.ones(B, T, dtype=torch.bool), tokenization.Vocab()
+    start = time.process_time()
+    for x in batches:
+        stand_in.inputs(x, valid, vocab)
+    per_batch = 1000 * (time.process_time() - start) / len(batches)
+    start = time.process_time()
+    widths = [len(tokenization.align_by_characters(w.tolist(), stand_in.tokenizer)[0]) for x in batches for w in x]
+    per_window = 1000 * (time.process_time() - start) / len(widths)
+    return per_window, per_batch, sum(widths) / len(widths)
+
+
+def bench_repa(cfg):
+    from training import PEAK_FLOPS
+    vae, before, now, params, dropped = repa_step_flops(cfg)
+    work = tempfile.mkdtemp(prefix='bench_repa_')
+    try:
+        per_window, per_batch, teacher_tokens = repa_inputs_cpu(cfg, os.path.join(work, 'teacher'))
+    finally:
+        shutil.rmtree(work)
+    B, T, peak = cfg['repa_batch'], cfg['repa_window'], PEAK_FLOPS['H200']
+    at_peak = 1000 * (vae + now) / peak  # ms: no real step is shorter
+    print(f"REPA's share of a VAE step: VAE '{cfg['repa_vae_size']}', batch {B} x {T} tokens, a Qwen3-1.7B-shaped "
+          f"teacher ({params / 1e9:.2f}B parameters, random) read at layer {cfg['repa_teacher_layer']} on {T} "
+          f"tokens a window. FLOPs counted by torch's FlopCounterMode on the meta device; the teacher's inputs "
+          f"timed on this CPU with a stand-in tokenizer (byte-level BPE of {cfg['repa_teacher_vocab']} tokens "
+          f"trained on the text; {teacher_tokens:.0f} teacher tokens a window). {machine()}\n")
+    table(('part of one step', 'cost', 'share'), [
+        ("VAE forward + backward (projector and losses)", f'{vae / 1e12:.3g} TFLOP', ''),
+        (f"teacher before: all {QWEN3_1_7B['num_hidden_layers']} blocks, LM head, every hidden state",
+         f'{before / 1e12:.3g} TFLOP', f'{100 * before / (vae + before):.0f}% of the step'),
+        (f"teacher now: blocks up to its layer, no LM head ({dropped / 1e6:.1f}M parameters dropped)",
+         f'{now / 1e12:.3g} TFLOP', f'{100 * now / (vae + now):.0f}% of the step'),
+        ("the step now at the H200's bf16 peak (989 TFLOP/s): a lower bound", f'{at_peak:.0f} ms', ''),
+        (f"teacher inputs of one rank's batch (Teacher.inputs, {B} windows), CPU", f'{per_batch:.1f} ms',
+         f'{100 * per_batch / at_peak:.0f}% of that bound'),
+        ("of which align_by_characters, per window", f'{per_window:.2f} ms', '')])
+
+
 if __name__ == '__main__':
     config = configurator.configure(globals(), 'bench')
     for name in what.split(','):
         benches = {'prepare': bench_prepare, 'corpus': bench_corpus, 'train': bench_train, 'sample': bench_sample,
-                   'flops': bench_flops}
+                   'flops': bench_flops, 'repa': bench_repa}
         if name.strip() not in benches:
             raise configurator.ConfigError(f"what={name!r}: choose from {', '.join(benches)}")
         benches[name.strip()](config)

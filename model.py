@@ -265,6 +265,8 @@ def autocast_dtype(x):
     streams are kept in it: an fp32 embedding added to bf16 outputs would make them fp32, and
     every LayerNorm would save twice the bytes for its backward."""
     kind = x.device.type
+    if kind == 'meta':  # shapes only (FLOPs counted, bench.py): autocast has no meta device to ask about
+        return x.dtype
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 def checkpointed(block, on, *args):

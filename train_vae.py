@@ -24,6 +24,7 @@ import configurator
 import tokenization
 import training
 from model import Projector, TextVAE, kl_divergence, make_config, repa_loss
+from teacher import Teacher
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `vae_key` in a config file is ours alone)
@@ -76,103 +77,6 @@ training.check_precision(device, dtype)
 training.check_batch_split(config)
 if not 0.0 <= mask_prob < 1.0:
     raise configurator.ConfigError(f"mask_prob={mask_prob} must be in [0, 1)")
-
-
-# -----------------------------------------------------------------------------
-# The REPA teacher
-
-class Teacher:
-    """A frozen causal LM from transformers. Not an nn.Module attribute of the objective, so it
-    is neither trained, nor saved, nor wrapped by DDP or torch.compile."""
-
-    def __init__(self, name_or_path, layer, device, dtype):
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-        cannot_load = lambda e: SystemExit(f"cannot load the REPA teacher '{name_or_path}': {e}\n(set "
-                                           f"repa_teacher to a transformers causal LM, or None to train without REPA)")
-        try:  # the config first: a bad layer or a short context stops before the weights load
-            self.config = AutoConfig.from_pretrained(name_or_path)
-        except (OSError, ValueError, KeyError) as e:
-            raise cannot_load(e)
-        depth = self.config.num_hidden_layers  # hidden_states: the embeddings, then each layer
-        if not -(depth + 1) <= layer <= depth:
-            raise configurator.ConfigError(f"repa_teacher_layer={layer}: repa_teacher={name_or_path!r} has {depth} "
-                                     f"layers (hidden_states indices {-(depth + 1)}..{depth})")
-        self.context = (getattr(self.config, 'max_position_embeddings', None)
-                        or getattr(self.config, 'n_positions', None) or float('inf'))
-        if block_size > self.context:
-            raise configurator.ConfigError(f"block_size={block_size} is longer than the {self.context}-token context of "
-                                     f"repa_teacher={name_or_path!r}: shorten the VAE's window")
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(
-                name_or_path, dtype=torch.bfloat16 if device.startswith('cuda') else torch.float32)
-        except (OSError, ValueError, KeyError) as e:
-            raise cannot_load(e)
-        self.model.requires_grad_(False).eval().to(device)
-        self.layer, self.device, self.name = layer, device, name_or_path
-        if layer in (0, -(depth + 1)):
-            print(f"note: repa_teacher_layer={layer} is the teacher's embedding output, not a "
-                  f"hidden layer: REPA then only aligns with token identities")
-        self.hidden_size = self.config.hidden_size
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        except (OSError, ValueError, KeyError, TypeError):
-            self.tokenizer = None
-        # One to one when the teacher reads GPT-2 ids (or a compact renumbering of them, as an
-        # exported tiny GPT does): then self.vocab maps GPT-2 ids to the teacher's ids.
-        self.vocab = self._token_space()
-        self.same_tokens = self.vocab is not None
-        how = 'one to one (GPT-2 tokens)' if self.same_tokens else 'through character offsets'
-        print(f"REPA teacher {name_or_path}: hidden {self.hidden_size}, layer {layer}, aligned {how}")
-
-    def _token_space(self):
-        compact = getattr(self.config, 'textldm_vocab_ids', None)
-        if compact is not None:
-            return tokenization.Vocab(compact)
-        probe = "Hello world, it's 3.14 -- naïve café 日本語\n\n  end"
-        if self.tokenizer is None:
-            if self.config.vocab_size != tokenization.VOCAB_SIZE:
-                raise SystemExit("the REPA teacher has no tokenizer and is not GPT-2 sized: "
-                                 "save its tokenizer in its folder")
-            return tokenization.Vocab()  # a tokenizer-less GPT-2 export: same ids as ours
-        theirs = self.tokenizer(probe, add_special_tokens=False)['input_ids']
-        return tokenization.Vocab() if theirs == tokenization.encode(probe) else None
-
-    def inputs(self, idx, valid, vocab):
-        """CPU side, run while building the batch: the teacher's input ids and mask, and the
-        alignment (rows of [batch, our position, teacher position]) when the tokenizers differ.
-        idx is in the ids of `vocab` (the VAE's), padded with its end-of-text token."""
-        gpt2_ids = vocab.to_gpt2(idx.numpy())
-        if self.same_tokens:
-            return torch.from_numpy(self.vocab.from_gpt2(gpt2_ids)), valid, torch.zeros(0, 3, dtype=torch.long)
-        rows = [tokenization.align_by_characters(ids[v].tolist(), self.tokenizer) for ids, v in zip(gpt2_ids, valid.numpy())]
-        width = max(1, max(len(teacher_ids) for teacher_ids, _ in rows))
-        if width > self.context:  # its tokenizer cut a window into more tokens than it can read
-            raise SystemExit(f"a window of block_size={block_size} tokens is {width} tokens for "
-                             f"repa_teacher={self.name!r}, whose context is {self.context}: shorten block_size")
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.bool)
-        pairs = []
-        for b, (teacher_ids, pairs_b) in enumerate(rows):
-            ids[b, :len(teacher_ids)] = torch.tensor(teacher_ids, dtype=torch.long)
-            mask[b, :len(teacher_ids)] = True
-            pairs += [(b, i, j) for i, j in pairs_b]
-        return ids, mask, torch.tensor(pairs, dtype=torch.long).reshape(-1, 3)
-
-    @torch.compiler.disable
-    @torch.no_grad()
-    def features(self, ids, mask, pairs, length):
-        """(B, length, hidden) fp32 teacher states on our token positions, and (B, length) bool:
-        which of our positions got one. With different tokenizers, a token of ours takes the
-        mean of the states of every teacher token that overlaps its characters."""
-        out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
-        states = out.hidden_states[self.layer].float()
-        if self.same_tokens:
-            return states, mask
-        b, i, j = pairs.unbind(1)
-        summed = states.new_zeros(ids.shape[0], length, states.shape[-1]).index_put_((b, i), states[b, j], accumulate=True)
-        count = states.new_zeros(ids.shape[0], length).index_put_((b, i), states.new_ones(len(b)), accumulate=True)
-        return summed / count.clamp(min=1).unsqueeze(-1), count > 0
 
 
 # -----------------------------------------------------------------------------
@@ -253,7 +157,7 @@ if repa_layer:
 vae_config = make_config('vae', size, **overrides)
 vae = TextVAE(vae_config)
 vae.checkpointing = activation_checkpointing
-teacher = Teacher(repa_teacher, repa_teacher_layer, dist_.device, dtype) if repa_teacher else None
+teacher = Teacher(repa_teacher, repa_teacher_layer, dist_.device, block_size) if repa_teacher else None
 projector = Projector(vae_config.n_embd, projector_dim, teacher.hidden_size) if teacher else None
 model_args = {**dataclasses.asdict(vae_config), 'vocab_ids': data.vocab.state(), 'projector_dim': projector_dim,
               'teacher_hidden': teacher.hidden_size if teacher else None}

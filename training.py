@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -189,7 +190,8 @@ def make_optimizer(model, learning_rate, weight_decay, beta1, beta2, device_type
 # The training loop every stage shares. A stage supplies an `objective`: an nn.Module whose
 # forward(*batch) returns (loss, {name: scalar tensor}), and a `batch_fn(split, rng)` that
 # returns a tuple of CPU tensors drawn with the numpy Generator `rng` (the data RNG, kept
-# apart from torch's so evaluation and model code never shift the data stream).
+# apart from torch's so evaluation and model code never shift the data stream). batch_fn may
+# run in a background thread while the model works: it must draw from `rng` alone.
 
 
 def check_batch_split(cfg, world_size=None):
@@ -230,10 +232,19 @@ def ema_update(ema, model, decay):
             eb.copy_(b)
 
 
+def in_line(fn, *args):
+    """fn(*args) now, as a finished Future: what ThreadPoolExecutor.submit gives, without a thread."""
+    future = Future()
+    future.set_result(fn(*args))
+    return future
+
+
 def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.0, tokens_per_sample=0,
-          ema=None, before_step=None):
+          ema=None, before_step=None, prefetch=True):
     """Train `objective` for cfg['max_iters'] iterations (or resume), writing out_dir/{stage}.pt
-    and out_dir/{stage}_metrics.jsonl. `ema` = (ema_module, source_module, decay) or None."""
+    and out_dir/{stage}_metrics.jsonl. `ema` = (ema_module, source_module, decay) or None.
+    prefetch: build each next batch in a background thread while the model works on this one
+    (False: in line; the batches, and so every result, are the same)."""
     out_dir, device, dtype = cfg['out_dir'], dist_.device, cfg['dtype']
     ckpt_path = os.path.join(out_dir, f'{stage}.pt')
     metrics_path = os.path.join(out_dir, f'{stage}_metrics.jsonl')
@@ -291,6 +302,12 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
                          'model_args': model_args, 'config': cfg, 'rng': states[0],
                          'next_batch': states[1]}, ckpt_path)
 
+    # One worker, one batch ahead: the next batch (for the VAE, the teacher's tokenizer and the
+    # character alignment: CPU work, much of it Python) is built while this one's forward and
+    # backward run. It is waited for before the step ends, so a checkpoint holds it and the data
+    # RNG after it.
+    pool = ThreadPoolExecutor(1, thread_name_prefix='next_batch') if prefetch else None
+    submit = pool.submit if prefetch else in_line
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # checked when we sync anyway
     tokens_per_iter = tokens_per_sample * cfg['batch_size'] * accum * dist_.world_size
     peak, t0, steps = peak_flops(device), time.time(), 0  # steps timed since t0
@@ -323,10 +340,12 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
         for micro in range(accum):
             if dist_.ddp:
                 model.require_backward_grad_sync = micro == accum - 1
+            inputs = to_device(batch, device)
+            upcoming = submit(batch_fn, 'train', data_streams[(micro + 1) % accum])
             with autocast(dist_.device_type, dtype):
-                loss, _ = model(*to_device(batch, device))
-            batch = batch_fn('train', data_streams[(micro + 1) % accum])  # built while the GPU works
+                loss, _ = model(*inputs)
             scaler.scale(loss / accum).backward()
+            batch = upcoming.result()
         nonfinite |= ~torch.isfinite(loss.detach())
         if cfg['grad_clip'] > 0:
             scaler.unscale_(optimizer)
@@ -348,6 +367,8 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
             print0(dist_, f"{stage} iter {iter_num}: loss {loss.item():.4f} lr {lr:.2e} "
                           f"{1000 * dt / steps:.0f}ms/it {tok_s:,.0f} tok/s{mfu}")
             t0, steps = time.time(), 0
+    if pool is not None:
+        pool.shutdown()
     if wandb:
         wandb.finish()
     return raw

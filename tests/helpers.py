@@ -68,11 +68,17 @@ def gpt2_tokenizer_teacher(folder, n_embd=48, n_layer=3):
 
 
 def other_tokenizer_teacher(folder, texts, n_embd=40, n_layer=3, arch='llama'):
-    """A random causal LM ('llama' or 'gpt2') whose tokenizer is a small BPE trained on `texts`."""
+    """A random causal LM ('llama', 'qwen3' or 'gpt2') whose tokenizer is a small BPE trained on `texts`."""
     import torch
     tokenizer = train_tokenizer(texts, vocab_size=300)
     torch.manual_seed(0)
-    if arch == 'llama':
+    if arch == 'qwen3':  # Qwen3-1.7B's layout: tied embeddings, grouped KV heads, q/k norms
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=n_embd, intermediate_size=3 * n_embd,
+                             num_hidden_layers=n_layer, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                             max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
+        model = Qwen3ForCausalLM(config)
+    elif arch == 'llama':
         from transformers import LlamaConfig, LlamaForCausalLM
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=n_embd, intermediate_size=2 * n_embd,
                              num_hidden_layers=n_layer, num_attention_heads=4, num_key_value_heads=4,

@@ -45,3 +45,13 @@ def test_bench_flops_counts_every_dit_preset():
     per_token, per_time = header.index('adaLN per token') + 1, header.index('adaLN per time') + 1
     for c in cells:
         assert float(c[per_time].rstrip('x')) < 1.05 < float(c[per_token].rstrip('x'))
+
+
+def test_bench_repa_small():
+    out = helpers.run_script('bench.py', '--what=repa', '--repa_vae_size=tiny', '--repa_window=64', '--repa_batch=2',
+                             '--repa_batches=1', '--repa_teacher_vocab=300').stdout
+    rows = [[cell.strip() for cell in row.strip('|').split('|')] for row in table_rows(out)]
+    assert rows[0] == ['part of one step', 'cost', 'share'] and len(rows) == 7
+    vae, before, now = (float(row[1].split()[0]) for row in rows[1:4])
+    assert 0 < now < before and vae > 0  # the cut teacher does less work
+    assert 'parameters dropped' in rows[3][0] and float(rows[-1][1].split()[0]) > 0  # ms per window

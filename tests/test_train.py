@@ -4,11 +4,13 @@ prepared data dir (tests/helpers.py); REPA teachers are tiny random transformers
 
 Run: python -m pytest tests/test_train.py -q   (CPU, about 1.5 minutes on 2 cores)
 """
+import codecs
 import json
 import math
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -166,6 +168,53 @@ def test_vae_resume_is_exact_and_evaluation_does_not_disturb_training(data_dir, 
     assert torch.equal(full_ckpt['latent_mean'], load_ckpt(tmp_path / 'split' / 'vae.pt')['latent_mean'])
 
 
+def toy_run(out_dir, prefetch, max_iters=8, init_from='scratch'):
+    """training.train in this process on a toy regression with dropout, 2 micro-steps a step:
+    (the training batches the objective saw, the threads batch_fn ran in, checkpoint, metrics)."""
+    import threading
+    seen, threads = [], set()
+
+    def batch_fn(split, rng):
+        threads.add(threading.current_thread().name)
+        x = torch.from_numpy(rng.standard_normal((4, 3)).astype(np.float32))
+        return x, x.sum(1, keepdim=True)
+
+    class Objective(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.drop = torch.nn.Linear(3, 1), torch.nn.Dropout(0.5)  # dropout: torch's RNG in use
+
+        def forward(self, x, y):
+            if self.training:
+                seen.append(x)
+            return torch.nn.functional.mse_loss(self.net(self.drop(x)), y), {}
+    cfg = dict(out_dir=str(out_dir), dtype='float32', compile=False, seed=3, init_from=init_from,
+               max_iters=max_iters, eval_interval=4, eval_iters=2, log_interval=100, batch_size=4,
+               gradient_accumulation_steps=2, learning_rate=0.1, min_lr=0.01, warmup_iters=2,
+               lr_decay_iters=8, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, wandb_log=False)
+    torch.manual_seed(0)
+    training.train(cfg, 'toy', Objective(), batch_fn, training.Dist('cpu'), {}, prefetch=prefetch)
+    return seen, threads, load_ckpt(out_dir / 'toy.pt'), read_metrics(out_dir / 'toy_metrics.jsonl')
+
+
+def test_batches_built_in_a_background_thread_change_nothing(tmp_path):
+    """prefetch builds each next batch in a thread while the model works: the same batches in
+    the same order, the same checkpoint (weights, next batch, every RNG) and metrics as in line,
+    and the same across a resume."""
+    ahead, ahead_threads, ahead_ckpt, ahead_metrics = toy_run(tmp_path / 'ahead', prefetch=True)
+    in_line, in_line_threads, in_line_ckpt, in_line_metrics = toy_run(tmp_path / 'in_line', prefetch=False)
+    assert any(name.startswith('next_batch') for name in ahead_threads) and in_line_threads == {'MainThread'}
+    assert len(ahead) == len(in_line) == 16 and all(torch.equal(a, b) for a, b in zip(ahead, in_line))
+    assert ahead_metrics == in_line_metrics and len(ahead_metrics) == 3
+    assert_same_weights(ahead_ckpt, in_line_ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(ahead_ckpt['next_batch'][0], in_line_ckpt['next_batch'][0]))
+    assert repr(ahead_ckpt['rng']) == repr(in_line_ckpt['rng'])
+    toy_run(tmp_path / 'split', prefetch=True, max_iters=4)
+    split, _, split_ckpt, split_metrics = toy_run(tmp_path / 'split', prefetch=True, init_from='resume')
+    assert len(split) == 8 and all(torch.equal(a, b) for a, b in zip(split, ahead[8:])) and split_metrics == ahead_metrics
+    assert_same_weights(split_ckpt, ahead_ckpt)
+
+
 # -----------------------------------------------------------------------------
 # 3. REPA alignment: the teacher's tokenizer is GPT-2's (one to one) or another (character offsets)
 
@@ -202,15 +251,15 @@ def test_align_by_characters_hand_made():
     tokenizer = _word_tokenizer(['Hello', 'world', 'unbelievable', '.'])
     # 'Hello' | ' world' (our second token spans the space too) -> one teacher word each
     ids, pairs = align(tokenization.encode('Hello world'), tokenizer)
-    assert ids == tokenizer('Hello world', add_special_tokens=False)['input_ids'] and pairs == [(0, 0), (1, 1)]
+    assert ids == tokenizer('Hello world', add_special_tokens=False)['input_ids'] and pairs.tolist() == [[0, 0], [1, 1]]
     # four of our tokens ('un', 'bel', 'iev', 'able') inside one teacher word
     ours = tokenization.encode('unbelievable.')
     assert len(ours) == 5
     _, pairs = align(ours, tokenizer)
-    assert pairs == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 1)]
+    assert pairs.tolist() == [[0, 0], [1, 0], [2, 0], [3, 0], [4, 1]]
     # <|endoftext|> is a blank line between documents: it covers no teacher word here
     ids, pairs = align(tokenization.encode('Hello') + [tokenization.EOT] + tokenization.encode('world'), tokenizer)
-    assert len(ids) == 2 and pairs == [(0, 0), (2, 1)]
+    assert len(ids) == 2 and pairs.tolist() == [[0, 0], [2, 1]]
 
 
 def test_align_by_characters_windows_inside_utf8_characters():
@@ -224,6 +273,7 @@ def test_align_by_characters_windows_inside_utf8_characters():
         for length in (1, 2, 3, 7, 20):
             window = ours[start:start + length]
             ids, pairs = align(window, tokenizer)
+            pairs = [tuple(pair) for pair in pairs.tolist()]
             decoded = tokenization.decode(window)  # the same text, bad bytes as U+FFFD
             cut_inside += '\ufffd' in decoded
             assert ids == tokenizer(decoded, add_special_tokens=False)['input_ids']
@@ -234,6 +284,57 @@ def test_align_by_characters_windows_inside_utf8_characters():
             firsts = [min(j for i2, j in pairs if i2 == i) for i in range(len(window))]
             assert firsts == sorted(firsts)
     assert cut_inside > 10
+
+
+def align_by_characters_quadratic(ids, tokenizer):
+    """align_by_characters as it was before it was made linear (issue 16): the reference."""
+    enc, decoder = tokenization.get_tokenizer(), codecs.getincrementaldecoder('utf-8')('replace')
+    pieces, starts = [], []
+    for t in ids:
+        starts.append(sum(map(len, pieces)))
+        pieces.append('\n\n' if t == tokenization.EOT else decoder.decode(enc.decode_single_token_bytes(t)))
+    pieces.append(decoder.decode(b'', final=True))
+    text = ''.join(pieces)
+    ends = starts[1:] + [len(text)]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = np.array(encoded['offset_mapping'], dtype=np.int64).reshape(-1, 2)
+    pairs = []
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        e = max(e, min(s + 1, len(text)))
+        first = np.searchsorted(offsets[:, 1], s, side='right')
+        last = np.searchsorted(offsets[:, 0], e, side='left')
+        pairs += [(i, j) for j in range(first, last)]
+    return encoded['input_ids'], pairs
+
+
+def test_align_by_characters_equals_the_quadratic_reference():
+    """Exactly the old output on windows cut inside UTF-8 characters, around and between
+    <|endoftext|>s, of tokens that complete no character (empty spans), and on empty windows;
+    with a byte-level BPE (offsets cover all text), a word tokenizer (gaps between words) and
+    offsets out of order."""
+    eot = [tokenization.EOT]
+    docs = [*helpers.UNICODE_DOCS, *helpers.corpus_text(20, 1)]
+    stream = [t for doc in docs for t in [*tokenization.encode(doc), *eot]]
+    rng = np.random.default_rng(0)
+    windows = [[], eot, eot * 3, tokenization.encode('日')[:1], tokenization.encode('🙂')[1:3], stream[:1024]]
+    for _ in range(300):
+        start, length = rng.integers(0, len(stream)), rng.integers(1, 80)
+        windows.append(stream[start:start + length])
+
+    def unordered(text, **kwargs):  # offsets out of order, as a special token's (0, 0) mid-text gives
+        n = len(text)
+        return {'input_ids': [7, 8, 9], 'offset_mapping': [(n // 3, n), (0, 0), (0, n // 2)]}
+    tokenizers = [helpers.train_tokenizer(docs, vocab_size=280),
+                  _word_tokenizer(['Le', 'café', 'the', 'was', 'a', '.']), unordered]
+    for tokenizer in tokenizers:
+        for window in windows:
+            ids, pairs = tokenization.align_by_characters(window, tokenizer)
+            old_ids, old_pairs = align_by_characters_quadratic(window, tokenizer)
+            assert ids == old_ids and pairs.dtype == np.int64 and pairs.shape == (len(old_pairs), 2)
+            assert [tuple(pair) for pair in pairs.tolist()] == old_pairs, window
+    # the windows do hold tokens that complete no character (an empty span), many of them
+    decoder, enc = codecs.getincrementaldecoder('utf-8')('replace'), tokenization.get_tokenizer()
+    assert sum(decoder.decode(enc.decode_single_token_bytes(t)) == '' for w in windows for t in w) > 50
 
 
 # -----------------------------------------------------------------------------

@@ -322,6 +322,12 @@ class TextVAE(nn.Module):
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         return torch.arange(T, device=device)
 
+    def _attention(self, T, device, valid):
+        """(mask, is_causal) for SDPA: no mask without padding (its fastest kernels), causal or not."""
+        if valid is None:
+            return None, self.config.causal
+        return build_attention_mask(T, device, valid, causal=self.config.causal), False
+
     def embed_tokens(self, idx, masked=None):
         """(B, T) ids -> (B, T, C) encoder input embeddings; where masked (B, T) bool is True
         the token is hidden behind the learned mask embedding (Cola's masked-token objective)."""
@@ -336,12 +342,12 @@ class TextVAE(nn.Module):
         """idx: (B, T) long -> mean, logvar (B, T, D), hidden (B, T, C) from block repa_layer.
         masked: (B, T) bool input tokens replaced by the mask embedding, or None."""
         T = idx.size(1)
-        mask = build_attention_mask(T, idx.device, valid, causal=self.config.causal)
+        mask, is_causal = self._attention(T, idx.device, valid)
         x = self.embed_tokens(idx, masked) + self.enc_pos_embedding(self._positions(T, idx.device))
         x = self.drop(x.to(autocast_dtype(x)))
         hidden = None
         for i, block in enumerate(self.encoder_blocks, start=1):
-            x = checkpointed(block, self.checkpointing, x, mask)
+            x = checkpointed(block, self.checkpointing, x, mask, is_causal)
             if i == self.config.repa_layer:
                 hidden = x
         mean, logvar = self.to_moments(self.encoder_ln(x)).chunk(2, dim=-1)
@@ -357,11 +363,11 @@ class TextVAE(nn.Module):
     def decode(self, z, valid=None):
         """z: (B, T, D) latents -> logits (B, T, V) for every token in parallel."""
         T = z.size(1)
-        mask = build_attention_mask(T, z.device, valid, causal=self.config.causal)
+        mask, is_causal = self._attention(T, z.device, valid)
         x = self.from_latent(z) + self.dec_pos_embedding(self._positions(T, z.device))
         x = self.drop(x.to(autocast_dtype(x)))
         for block in self.decoder_blocks:
-            x = checkpointed(block, self.checkpointing, x, mask)
+            x = checkpointed(block, self.checkpointing, x, mask, is_causal)
         return self.lm_head(self.decoder_ln(x))
 
     def forward(self, idx, valid=None, sample=True, masked=None):

@@ -123,7 +123,6 @@ class Teacher:
         pairs = np.concatenate([np.insert(pairs_b, 0, b, axis=1) for b, (_, pairs_b) in enumerate(rows)])
         return ids, mask, torch.from_numpy(pairs)
 
-    @torch.compiler.disable
     @torch.no_grad()
     def features(self, ids, mask, pairs, length):
         """(B, length, hidden) fp32 teacher states on our token positions, and (B, length) bool:

@@ -201,5 +201,5 @@ def train_flops_per_token():
 dit.checkpointing = activation_checkpointing
 objective = FlowMatchingObjective(dit, space, latent_block, n_noisy)
 training.train(config, 'dit', objective, batch_fn, dist_, model_args, flops_per_token=train_flops_per_token(),
-               tokens_per_sample=block_size, ema=(ema, dit, ema_decay))
+               ema=(ema, dit, ema_decay))
 dist_.close()

@@ -79,9 +79,9 @@ data = tokenization.TokenData(data_dir, compact_vocab)
 gpt_config = make_config('gpt', size, vocab_size=data.vocab.size, block_size=block_size, dropout=dropout)
 gpt = GPT(gpt_config)
 training.print0(dist_, f"GPT '{size}': {gpt.num_params() / 1e6:.2f}M parameters")
-objective = training.train(config, 'gpt', NextTokenObjective(gpt), batch_fn, dist_, 
+objective = training.train(config, 'gpt', NextTokenObjective(gpt), batch_fn, dist_,
                          {**dataclasses.asdict(gpt_config), 'vocab_ids': data.vocab.state()},
-                         flops_per_token=gpt.flops_per_token(block_size), tokens_per_sample=block_size)
+                         flops_per_token=gpt.flops_per_token(block_size))
 if dist_.master and export_dir:
     # written beside, then swapped in: a kill never leaves a half-written teacher folder
     tokenization.export_gpt(objective.gpt, data.vocab, export_dir + '.tmp')

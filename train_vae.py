@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import configurator
 import tokenization
 import training
-from model import Projector, TextVAE, kl_divergence, make_config, repa_loss
+from model import Projector, TextVAE, kl_divergence, make_config, masked_mean, repa_loss
 from teacher import Teacher
 
 # -----------------------------------------------------------------------------
@@ -42,7 +42,7 @@ mask_prob = 0.0            # Cola's masked-token objective: share of input token
 dropout = 0.0
 kl_weight = 1e-3           # beta, reached by a linear warm-up over kl_warmup_iters
 kl_warmup_iters = 1000
-truncate_prob = 0.5        # share of windows cut to a random length, so any input length works
+truncate_prob = 0.5        # share of micro-batches cut to one random length, so any input length works
 min_length = 4
 repa_teacher = '{out_dir}/gpt_hf'  # transformers causal LM, hub name or folder; None = no REPA
 repa_teacher_layer = -3    # index into the teacher's hidden_states: third from the last
@@ -83,53 +83,53 @@ if not 0.0 <= mask_prob < 1.0:
 # The objective
 
 class VAEObjective(nn.Module):
-    """CE + beta * KL + lambda * REPA; each term is also returned on its own, for logging."""
+    """CE + beta * KL + lambda * REPA; each term is also returned on its own, for logging. The
+    teacher's features arrive with the batch (teacher_features): the teacher is not part of what
+    torch.compile and DDP wrap."""
 
-    def __init__(self, vae, projector, teacher, repa_weight):
+    def __init__(self, vae, projector, repa_weight):
         super().__init__()
-        self.vae, self.projector = vae, projector
-        self.teacher, self.repa_weight = teacher, repa_weight
+        self.vae, self.projector, self.repa_weight = vae, projector, repa_weight
         # beta as a tensor: changing it during the warm-up must not trigger a recompile
         self.register_buffer('kl_weight', torch.zeros(()), persistent=False)
 
-    def forward(self, idx, valid, *rest):
-        # with the masked-token objective on, batch_fn puts the (B, T) bool mask after `valid`
-        masked, teacher_batch = (rest[0], rest[1:]) if self.vae.config.masked_tokens else (None, rest)
-        logits, mean, logvar, hidden = self.vae(idx, valid, sample=self.training, masked=masked)
+    def forward(self, idx, *rest):
+        # batch_fn puts the (B, T) bool mask of the masked-token objective after idx, if it is on;
+        # then come the teacher's features (B, T, hidden) and where they exist (B, T)
+        masked, teacher = (rest[0], rest[1:]) if self.vae.config.masked_tokens else (None, rest)
+        logits, mean, logvar, hidden = self.vae(idx, sample=self.training, masked=masked)
         ce = F.cross_entropy(logits.float().flatten(0, 1), idx.flatten(), reduction='none')
-        seen = valid if masked is None else valid & ~masked   # the tokens the encoder saw
-        recon_ce = token_mean(ce, seen)
-        recon_acc = token_mean((logits.argmax(-1) == idx).flatten().float(), seen)
-        kl = kl_divergence(mean, logvar, valid)
-        loss = (recon_ce if masked is None else token_mean(ce, valid)) + self.kl_weight * kl
+        correct = (logits.argmax(-1) == idx).flatten().float()
+        seen = None if masked is None else ~masked.flatten()   # the tokens the encoder saw
+        recon_ce, recon_acc = masked_mean(ce, seen), masked_mean(correct, seen)
+        kl = kl_divergence(mean, logvar)
+        loss = ce.mean() + self.kl_weight * kl
         metrics = {'recon_ce': recon_ce.detach(), 'recon_acc': recon_acc, 'kl': kl.detach()}
         if masked is not None:
-            metrics['masked_ce'] = token_mean(ce, masked).detach()
-        if self.teacher is not None:
-            target, has_target = self.teacher.features(*teacher_batch, idx.shape[1])
-            repa = repa_loss(self.projector(hidden), target, valid & has_target)
+            metrics['masked_ce'] = masked_mean(ce, masked.flatten()).detach()
+        if self.projector is not None:
+            repa = repa_loss(self.projector(hidden), *teacher)
             loss = loss + self.repa_weight * repa
             metrics['repa'] = repa.detach()
         return loss, metrics
 
 
-def token_mean(values, where):
-    """Mean of per-token values (B * T,) over the tokens where `where` (B, T) is True."""
-    weights = where.flatten().float() / where.sum().clamp(min=1)
-    return (values * weights).sum()
-
-
 def batch_fn(split, rng):
-    """Random windows, a share of them cut to a random length (the rest marked invalid), and
-    with mask_prob > 0 the valid tokens to mask (drawn last: mask_prob = 0 keeps the stream)."""
-    idx = data.windows(split, batch_size, block_size, rng)
-    lengths = np.where(rng.random(batch_size) < truncate_prob,
-                       rng.integers(min_length, block_size + 1, size=batch_size), block_size)
-    valid = np.arange(block_size)[None, :] < lengths[:, None]
-    masked = (torch.from_numpy((rng.random(valid.shape) < mask_prob) & valid),) if mask_prob else ()
-    idx = torch.from_numpy(np.where(valid, idx, data.vocab.eot))
-    valid = torch.from_numpy(valid)
-    return (idx, valid) + masked + (teacher.inputs(idx, valid, data.vocab) if teacher else ())
+    """Random windows, with probability truncate_prob all cut to one random length (the batch is
+    that long: no padding, so attention needs no mask), then with mask_prob > 0 the tokens to
+    mask; with a teacher, its inputs (tokenized and aligned here, on the CPU)."""
+    length = block_size
+    if rng.random() < truncate_prob:
+        length = int(rng.integers(min_length, block_size + 1))
+    idx = torch.from_numpy(data.windows(split, batch_size, length, rng))
+    masked = (torch.from_numpy(rng.random(idx.shape) < mask_prob),) if mask_prob else ()
+    return (idx,) + masked + (teacher.inputs(idx, torch.ones_like(idx, dtype=torch.bool), data.vocab) if teacher else ())
+
+
+def teacher_features(batch):
+    """On the device: the teacher's inputs at the end of a batch -> its features on our tokens."""
+    *ours, ids, mask, pairs = batch
+    return (*ours, *teacher.features(ids, mask, pairs, ours[0].shape[1]))
 
 
 @torch.no_grad()
@@ -173,10 +173,9 @@ def warm_up_kl(it):
     objective.kl_weight.fill_(kl_weight * min(1.0, it / max(1, kl_warmup_iters)))
 
 
-objective = VAEObjective(vae, projector, teacher, repa_weight)
-training.train(config, 'vae', objective, batch_fn, dist_, model_args,
-             flops_per_token=vae.flops_per_token(block_size), tokens_per_sample=block_size,
-             before_step=warm_up_kl)
+objective = VAEObjective(vae, projector, repa_weight)
+training.train(config, 'vae', objective, batch_fn, dist_, model_args, flops_per_token=vae.flops_per_token(block_size),
+               before_step=warm_up_kl, on_device=teacher_features if teacher else None)
 if dist_.master:
     latent_mean, latent_std = latent_statistics(vae, np.random.default_rng([seed, 2]))
     training.update_checkpoint(f'{out_dir}/vae.pt', latent_mean=latent_mean, latent_std=latent_std)

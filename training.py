@@ -191,7 +191,10 @@ def make_optimizer(model, learning_rate, weight_decay, beta1, beta2, device_type
 # forward(*batch) returns (loss, {name: scalar tensor}), and a `batch_fn(split, rng)` that
 # returns a tuple of CPU tensors drawn with the numpy Generator `rng` (the data RNG, kept
 # apart from torch's so evaluation and model code never shift the data stream). batch_fn may
-# run in a background thread while the model works: it must draw from `rng` alone.
+# run in a background thread while the model works: it must draw from `rng` alone. The first
+# tensor of a batch is its (B, T) token ids: T may differ from batch to batch (no padding), and
+# tokens/s counts them. `on_device(batch)`, if given, transforms each batch on the device outside
+# the objective, so that torch.compile and DDP see the objective alone (the VAE's frozen teacher).
 
 
 def check_batch_split(cfg, world_size=None):
@@ -205,7 +208,7 @@ def check_batch_split(cfg, world_size=None):
 
 
 @torch.no_grad()
-def evaluate(objective, val_batches, dist_, dtype, seed):
+def evaluate(objective, val_batches, dist_, dtype, seed, on_device=None):
     """Mean of each metric over the fixed validation batches. Torch's RNG is forked and seeded,
     so the noise drawn in evaluation is the same every time and training's stream is untouched."""
     objective.eval()
@@ -214,7 +217,8 @@ def evaluate(objective, val_batches, dist_, dtype, seed):
         torch.manual_seed(seed + dist_.rank)
         for batch in val_batches:
             with autocast(dist_.device_type, dtype):
-                loss, metrics = objective(*to_device(batch, dist_.device))
+                inputs = to_device(batch, dist_.device)
+                loss, metrics = objective(*(on_device(inputs) if on_device else inputs))
             for k, v in {'loss': loss, **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
     objective.train()
@@ -239,8 +243,8 @@ def in_line(fn, *args):
     return future
 
 
-def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.0, tokens_per_sample=0,
-          ema=None, before_step=None, prefetch=True):
+def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.0, ema=None,
+          before_step=None, on_device=None, prefetch=True):
     """Train `objective` for cfg['max_iters'] iterations (or resume), writing out_dir/{stage}.pt
     and out_dir/{stage}_metrics.jsonl. `ema` = (ema_module, source_module, decay) or None.
     prefetch: build each next batch in a background thread while the model works on this one
@@ -309,8 +313,7 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
     pool = ThreadPoolExecutor(1, thread_name_prefix='next_batch') if prefetch else None
     submit = pool.submit if prefetch else in_line
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # checked when we sync anyway
-    tokens_per_iter = tokens_per_sample * cfg['batch_size'] * accum * dist_.world_size
-    peak, t0, steps = peak_flops(device), time.time(), 0  # steps timed since t0
+    peak, t0, steps, tokens = peak_flops(device), time.time(), 0, 0  # steps and tokens since t0
     while True:
         lr = get_lr(iter_num, cfg['learning_rate'], cfg['min_lr'], cfg['warmup_iters'], cfg['lr_decay_iters'])
         for group in optimizer.param_groups:
@@ -321,7 +324,7 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
         # Evaluate and checkpoint (not again at the iteration we resumed from: it is on disk).
         if (iter_num % cfg['eval_interval'] == 0 or iter_num == cfg['max_iters']) and iter_num != resumed_at:
             check_finite(dist_, nonfinite, iter_num, ckpt_path)
-            metrics = evaluate(raw, val_batches, dist_, dtype, cfg['seed'])
+            metrics = evaluate(raw, val_batches, dist_, dtype, cfg['seed'], on_device)
             # the last step's update can break the weights after its (finite) loss was taken
             check_finite(dist_, not math.isfinite(metrics['val_loss']), iter_num, ckpt_path)
             best_val_loss = min(best_val_loss, metrics['val_loss'])
@@ -332,7 +335,7 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
                 if wandb:
                     wandb.log({**metrics, 'lr': lr}, step=iter_num)
             save()
-            t0, steps = time.time(), 0  # evaluation and saving are not training time
+            t0, steps, tokens = time.time(), 0, 0  # evaluation and saving are not training time
         if iter_num >= cfg['max_iters']:
             break
 
@@ -340,10 +343,10 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
         for micro in range(accum):
             if dist_.ddp:
                 model.require_backward_grad_sync = micro == accum - 1
-            inputs = to_device(batch, device)
+            inputs, tokens = to_device(batch, device), tokens + batch[0].numel() * dist_.world_size
             upcoming = submit(batch_fn, 'train', data_streams[(micro + 1) % accum])
             with autocast(dist_.device_type, dtype):
-                loss, _ = model(*inputs)
+                loss, _ = model(*(on_device(inputs) if on_device else inputs))
             scaler.scale(loss / accum).backward()
             batch = upcoming.result()
         nonfinite |= ~torch.isfinite(loss.detach())
@@ -360,13 +363,13 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
         if iter_num % cfg['log_interval'] == 0:
             check_finite(dist_, nonfinite, iter_num, ckpt_path)
             dt = time.time() - t0
-            tok_s = tokens_per_iter * steps / dt
+            tok_s = tokens / dt
             mfu = f" mfu {100 * flops_per_token * tok_s / (peak * dist_.world_size):.1f}%" if peak else ''
             if dist_.device_type == 'cuda':
                 mfu += f" mem {torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f}GiB"
             print0(dist_, f"{stage} iter {iter_num}: loss {loss.item():.4f} lr {lr:.2e} "
                           f"{1000 * dt / steps:.0f}ms/it {tok_s:,.0f} tok/s{mfu}")
-            t0, steps = time.time(), 0
+            t0, steps, tokens = time.time(), 0, 0
     if pool is not None:
         pool.shutdown()
     if wandb:

@@ -2,6 +2,7 @@
 
 Everything here is offline and small enough for a 2-core CPU.
 """
+import ast
 import json
 import os
 import subprocess
@@ -163,3 +164,12 @@ def tiny_pipeline(root, iters=2, block_size=32):
         run_script(script, config)
     return data_dir, out_dir
 
+
+def script_function(script, name, namespace):
+    """A top-level function or class of a stage script, without running the script's top-level code."""
+    path = os.path.join(ROOT, script)
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    node = next(n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name)
+    exec(compile(ast.Module(body=[node], type_ignores=[]), path, 'exec'), namespace)
+    return namespace[name]

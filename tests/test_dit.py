@@ -5,7 +5,6 @@ included), and the errors a user can run into.
 
 Run: python -m pytest tests/test_dit.py -q   (CPU, offline, ~1-2 min on 2 cores)
 """
-import ast
 import json
 import math
 import os
@@ -21,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import sampling  # noqa: E402
-from helpers import load_ckpt, read_metrics, run_script, write_data_dir  # noqa: E402
+from helpers import load_ckpt, read_metrics, run_script, script_function, write_data_dir  # noqa: E402
 from model import DiT, flow_matching_loss, make_config  # noqa: E402
 
 
@@ -32,16 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def script_function(script, name, namespace):
-    """A top-level function or class of a stage script, without running the script's top-level code."""
-    path = os.path.join(ROOT, script)
-    with open(path) as f:
-        tree = ast.parse(f.read(), path)
-    node = next(n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name)
-    exec(compile(ast.Module(body=[node], type_ignores=[]), path, 'exec'), namespace)
-    return namespace[name]
 
 
 def perturbed_dit(latent_dim=4, block_size=32, seed=0, scale=0.15, dtype=torch.float32):

@@ -641,3 +641,39 @@ def test_no_key_reads_as_another_stages_key_of_another_type():
                 if rest in other_keys and None not in (value, other_keys[rest]):
                     assert type(value) is type(other_keys[rest]) or {type(value), type(other_keys[rest])} <= {int, float}, \
                         f"{stage}'s {key}={value!r} reads as {other}'s {rest}={other_keys[rest]!r}"
+
+
+def test_vae_batches_are_never_padded_and_its_attention_is_unmasked(monkeypatch):
+    """Truncation cuts a whole micro-batch to one length, so the VAE's attention (in training,
+    causal or not) runs without a mask: SDPA's fastest kernels."""
+    import torch.nn.functional as F
+    import model
+
+    class Data:
+        vocab = tokenization.Vocab()
+
+        @staticmethod
+        def windows(split, batch_size, length, rng):
+            return rng.integers(0, 100, size=(batch_size, length))
+
+    names = dict(np=np, torch=torch, nn=torch.nn, F=F, data=Data, batch_size=4, block_size=16, truncate_prob=0.5,
+                 min_length=4, mask_prob=0.25, teacher=None, masked_mean=model.masked_mean,
+                 kl_divergence=model.kl_divergence, repa_loss=model.repa_loss)
+    batch_fn = helpers.script_function('train_vae.py', 'batch_fn', names)
+    objective_class = helpers.script_function('train_vae.py', 'VAEObjective', names)
+    rng, widths = np.random.default_rng(0), []
+    for _ in range(400):
+        idx, masked = batch_fn('train', rng)
+        assert masked.shape == idx.shape and masked.dtype == torch.bool
+        widths.append(idx.shape[1])
+    assert set(widths) == set(range(4, 17)) and 0.45 < np.mean(np.array(widths) == 16) < 0.6
+    masks, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(model.F, 'scaled_dot_product_attention',
+                        lambda *a, **kw: masks.append(kw.get('attn_mask', a[3] if len(a) > 3 else None)) or sdpa(*a, **kw))
+    for causal in (False, True):
+        vae = model.TextVAE(model.make_config('vae', 'tiny', block_size=16, n_embd=32, n_head=2, latent_dim=4,
+                                              causal=causal, masked_tokens=True))
+        loss, metrics = objective_class(vae, None, 1.0)(*batch_fn('train', rng))
+        loss.backward()
+        assert len(masks) == 4 and all(m is None for m in masks) and 'masked_ce' in metrics
+        masks.clear()

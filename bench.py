@@ -5,6 +5,8 @@ Benchmarks for the README. Each prints a markdown table with the machine it ran 
     python bench.py --what=corpus    # how fast the embedded story generator writes tokens
     python bench.py --what=prepare,corpus
     python bench.py --what=flops --seq_len=1024   # the DiT's forward FLOPs per token, counted
+    python bench.py --what=dit_step --train_batch_size=16   # the quick start's DiT step, before and now
+    python bench.py --what=memory --dtype=bfloat16 --vae_size=paper --dit_size=dit-l --gpt_size=gpt2-large
     python bench.py --what=repa      # the REPA teacher's and its inputs' share of a paper-size VAE step
 
 The prepare benchmark writes a synthetic OpenWebText2 archive (a tar of .jsonl.zst shards, real
@@ -31,7 +33,7 @@ device = 'cpu'
 dtype = 'float32'
 compile = False
 seed = 1337
-what = 'prepare'           # comma-separated: prepare, corpus, train, sample, flops, repa
+what = 'prepare'           # comma-separated: prepare, corpus, train, sample, flops, dit_step, memory, repa
 prepare_mb = 32            # text for the throughput runs
 memory_mb = (16, 64)       # two corpus sizes: peak memory should not grow with the corpus
 memory_num_proc = 2
@@ -43,6 +45,7 @@ vae_size = 'tiny'
 dit_size = 'tiny'
 gpt_size = 'tiny'          # for sampling, the GPT of about the DiT's size (dit-l ~ gpt2-large)
 seq_len = 128              # training window
+latent_dim = 16            # dit_step: the quick start's latent channels
 train_batch_size = 8
 train_iters = 20           # tokens/s is taken over the second half (compilation happens in the first)
 compile_modes = (False, True)
@@ -307,6 +310,102 @@ def bench_flops(cfg):
            'saved'), rows)
 
 
+def bench_dit_step(cfg):
+    """Milliseconds per DiT training step (loss, forward and backward) as train_dit.py runs it now
+    (adaLN per distinct time, no attention mask) and as it ran before 2026-11-29 (adaLN per token,
+    a mask on every batch), alternating in one process; the median of `repeats` x 5 rounds."""
+    import statistics
+    import torch
+    import model
+    torch.manual_seed(cfg['seed'])
+    dit = model.DiT(model.make_config('dit', cfg['dit_size'], latent_dim=cfg['latent_dim'], block_size=cfg['seq_len'],
+                                      prediction='x', self_cond=True))
+    B, L = cfg['train_batch_size'], cfg['seq_len']
+    x, t = torch.randn(B, L, cfg['latent_dim']), torch.rand(B)
+    is_target = torch.arange(L)[None] >= torch.randint(0, 3 * L // 4, (B, 1))
+    everything = torch.ones(B, L, dtype=torch.bool)
+
+    def before(x, t, is_target, valid=None, x_self=None):   # each token its own time-table entry, and a mask
+        pos = torch.arange(L).expand(B if x.shape[0] == B else x.shape[0], L)
+        times = torch.where(is_target, t[:, None], 1.0)
+        mask = model.build_attention_mask(L, x.device, everything[:x.shape[0]])
+        return dit.denoise(x, times, pos, is_target, pos, mask, x_self)
+
+    def step(net):
+        dit.zero_grad(set_to_none=True)
+        model.flow_matching_loss(net, x, t, is_target, self_cond=True).backward()
+
+    times = {'before': [], 'now': []}
+    for net in (before, dit):   # warm-up
+        step(net)
+    for _ in range(5 * cfg['repeats']):
+        for name, net in (('before', before), ('now', dit)):
+            start = time.perf_counter()
+            step(net)
+            times[name].append(1000 * (time.perf_counter() - start))
+    ms = {name: statistics.median(v) for name, v in times.items()}
+    print(f"DiT training step, '{cfg['dit_size']}' ({dit.num_params() / 1e6:.2f}M), {B} x {L} tokens, "
+          f"{cfg['latent_dim']}-channel latents, x-prediction and self-conditioning (the quick start's DiT), "
+          f"{torch.get_num_threads()} threads, median of {len(times['now'])} alternating steps. {machine()}\n")
+    table(('DiT', 'ms per step', 'speed-up'), [('before: adaLN per token, masked attention', f"{ms['before']:.0f}", '1.00x'),
+                                              ('now: adaLN per time, no mask', f"{ms['now']:.0f}", f"{ms['before'] / ms['now']:.2f}x")])
+
+
+def bench_memory(cfg):
+    """Activation memory per token of each stage's training loss at the configured sizes: the bytes
+    autograd saves for the backward pass (each tensor once; parameters and their casts left out),
+    counted on the CPU, without and with activation checkpointing; on CUDA also the allocator's
+    peak above the weights. One window of seq_len tokens (memory per token barely depends on the
+    batch). The VAE without its projector and teacher (the teacher saves nothing: no gradient)."""
+    import torch
+    import model
+    import training
+    device, L = cfg['device'], cfg['seq_len']
+    cuda = device.startswith('cuda')
+    torch.manual_seed(cfg['seed'])
+    rows = []
+    for kind in ('vae', 'dit', 'gpt'):
+        cls = {'vae': model.TextVAE, 'dit': model.DiT, 'gpt': model.GPT}[kind]
+        net = cls(model.make_config(kind, cfg[f'{kind}_size'], block_size=L)).to(device).train()
+        weights = {tuple(p.shape) for p in net.parameters()} | {tuple(p.shape[::-1]) for p in net.parameters()}
+        if kind == 'dit':
+            x, is_target = torch.randn(1, L, net.config.latent_dim, device=device), torch.arange(L, device=device)[None] >= L // 2
+            loss_fn = lambda: model.flow_matching_loss(net, x, torch.rand(1, device=device), is_target)
+        else:
+            idx = torch.randint(0, 50257, (1, L), device=device)
+            loss_fn = ((lambda: net(idx, targets=idx)[1]) if kind == 'gpt' else
+                       (lambda: torch.nn.functional.cross_entropy(net(idx)[0].float().flatten(0, 1), idx.flatten())))
+        row = [kind, cfg[f'{kind}_size']]
+        for checkpointing in (False, True):
+            net.checkpointing = checkpointing
+            seen = {}
+
+            def pack(t):
+                if tuple(t.shape) not in weights:
+                    seen[(t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+                return t
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), training.autocast(
+                    'cuda' if cuda else 'cpu', cfg['dtype']):
+                loss = loss_fn()
+            peak = (torch.cuda.max_memory_allocated() - base) if cuda else None
+            loss.backward()
+            net.zero_grad(set_to_none=True)
+            row.append(f"{sum(seen.values()) / L / 1024:,.0f}")
+            if cuda:
+                row.append(f"{peak / L / 1024:,.0f}")
+        rows.append(row)
+        del net
+    columns = ['saved KiB/token', 'saved KiB/token, checkpointing']
+    if cuda:
+        columns = ['saved KiB/token', 'peak KiB/token', 'saved, checkpointing', 'peak, checkpointing']
+    print(f"Activation memory of one training loss, a {L}-token window, {device} {cfg['dtype']}. {machine()}\n")
+    table(('stage', 'size', *columns), rows)
+
+
 # -----------------------------------------------------------------------------
 # Sampling speed: TextLDM (all tokens at once, `gen_steps` ODE steps with CFG) against the
 # GPT with its key/value cache (one token per step). Weights are random: speed does not care.
@@ -480,7 +579,8 @@ if __name__ == '__main__':
     config = configurator.configure(globals(), 'bench')
     for name in what.split(','):
         benches = {'prepare': bench_prepare, 'corpus': bench_corpus, 'train': bench_train, 'sample': bench_sample,
-                   'flops': bench_flops, 'repa': bench_repa}
+                   'flops': bench_flops, 'dit_step': bench_dit_step,
+                   'memory': bench_memory, 'repa': bench_repa}
         if name.strip() not in benches:
             raise configurator.ConfigError(f"what={name!r}: choose from {', '.join(benches)}")
         benches[name.strip()](config)

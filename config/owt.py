@@ -41,7 +41,7 @@ vae_latent_dim = 64              # (reported)
 vae_kl_weight = 1e-3             # (reported) beta...
 vae_kl_warmup_iters = 10000      # ...with a warm-up (reported); its length (ours): 5% of the run
 vae_repa_weight = 1.0            # (reported) lambda
-vae_truncate_prob = 0.5          # (ours) inputs are randomly truncated (reported); how often (ours)
+vae_truncate_prob = 0.5          # (ours) inputs are randomly truncated (reported); how often, and per micro-batch (ours)
 vae_max_iters = 200000
 vae_lr_decay_iters = 200000
 vae_gradient_accumulation_steps = 8  # (ours) 16 * 1 * 1024 tokens per GPU: the teacher's forward costs too
@@ -54,8 +54,8 @@ dit_size = 'dit-l'               # (ours) 26 layers at width 1280 = 775M: the re
 dit_max_iters = 2000000
 dit_lr_decay_iters = 2000000
 dit_logit_normal_std = 1.5       # (reported)
-dit_cfg_dropout = 0.1            # (reported)
-dit_truncate_prob = 0.5          # (ours) windows cut short, so every continuation length evaluation asks is trained
+dit_cfg_dropout = 0.1            # (reported); per micro-batch (ours: no padding, unmasked attention)
+dit_truncate_prob = 0.5          # (ours) micro-batches cut short, so every continuation length evaluation asks is trained
 dit_ema_decay = 0.9999           # (ours) DiT's EMA; sampling uses the EMA weights
 
 # GPT baseline of the same size and budget: GPT-2 Large's shape (774M)

@@ -55,3 +55,18 @@ def test_bench_repa_small():
     vae, before, now = (float(row[1].split()[0]) for row in rows[1:4])
     assert 0 < now < before and vae > 0  # the cut teacher does less work
     assert 'parameters dropped' in rows[3][0] and float(rows[-1][1].split()[0]) > 0  # ms per window
+
+
+def test_bench_dit_step_times_before_and_now():
+    rows = table_rows(helpers.run_script('bench.py', '--what=dit_step', '--seq_len=16', '--train_batch_size=2',
+                                         '--repeats=1').stdout)
+    assert len(rows) == 3 and 'before' in rows[1] and 'now' in rows[2]
+    assert float(rows[2].split('|')[3].strip().rstrip('x')) > 0
+
+
+def test_bench_memory_counts_saved_activations_per_stage():
+    rows = table_rows(helpers.run_script('bench.py', '--what=memory', '--seq_len=16').stdout)
+    cells = {r.split('|')[1].strip(): [float(c.strip().replace(',', '')) for c in r.split('|')[3:5]] for r in rows[1:]}
+    assert set(cells) == {'vae', 'dit', 'gpt'}
+    assert all(0 < with_ckpt <= without for without, with_ckpt in cells.values())
+    assert cells['dit'][1] < cells['dit'][0] / 2   # checkpointing keeps only each block's input

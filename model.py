@@ -158,11 +158,14 @@ class KVCache:
     """Keys and values of every layer for the tokens seen so far (GPT generation).
 
     keys[i], values[i]: (B, H, T_past, C // H) for layer i, or None before the first step.
+    valid: (B, T_past) bool, False where a cached token is padding (a batch of prompts of
+    different lengths, left-padded), or None while every cached token is real.
     """
 
     def __init__(self, n_layer):
         self.keys = [None] * n_layer
         self.values = [None] * n_layer
+        self.valid = None
 
     def seq_len(self):
         return 0 if self.keys[0] is None else self.keys[0].size(2)
@@ -661,19 +664,41 @@ class GPT(nn.Module):
             return None
         return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
 
-    def forward(self, idx, targets=None, kv_cache=None):
+    def _padded_mask(self, valid, T):
+        """(B, 1, T, L) bool for the last T of L tokens, valid (B, L) saying which are real: each
+        sees the real tokens up to itself. A padding token sees itself alone: SDPA may give NaN for
+        a query with no key (it depends on the torch version and kernel), and a NaN value would
+        reach the real tokens even at attention weight 0."""
+        L = valid.size(1)
+        key = torch.arange(L, device=valid.device)
+        query = key[L - T:, None]
+        return ((key <= query) & (valid[:, None, :] | (key == query)))[:, None]
+
+    def forward(self, idx, targets=None, kv_cache=None, valid=None):
         """idx: (B, T) long; targets: (B, T) long, -1 = ignore.
 
         kv_cache: a KVCache holding the earlier tokens (it is extended in place): idx continues them.
+        valid: (B, T) bool, False = padding (generate() left-pads prompts of different lengths):
+        padding is never attended to and a token's position counts only the real tokens of its
+        row, so a padded row gets the logits it gets alone. The cache remembers the padding.
         Returns logits (B, T, V) and the fp32 mean cross-entropy (None without targets).
         """
-        T = idx.size(1)
+        B, T = idx.shape
         start = 0 if kv_cache is None else kv_cache.seq_len()
         if start + T > self.config.block_size:
             raise ValueError(f"positions up to {start + T} exceed block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
+        past_valid = None if kv_cache is None else kv_cache.valid
+        if valid is None and past_valid is None:   # no padding (training): SDPA's is_causal when fresh
+            pos = torch.arange(start, start + T, device=idx.device)
+            mask = self._causal_mask(T, start, idx.device)
+        else:   # which of all tokens so far, cached and new, are real
+            real = lambda n: torch.ones(B, n, dtype=torch.bool, device=idx.device)
+            seen = torch.cat([real(start) if past_valid is None else past_valid,
+                              real(T) if valid is None else valid.bool()], dim=1)
+            pos, mask = positions(seen)[:, start:], self._padded_mask(seen, T)
+            if kv_cache is not None:
+                kv_cache.valid = seen
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        mask = self._causal_mask(T, start, idx.device)
         for i, block in enumerate(self.transformer.h):
             x = block(x, mask, is_causal=mask is None, cache=kv_cache, layer=i)
         logits = self.lm_head(self.transformer.ln_f(x))
@@ -684,17 +709,21 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, valid=None):
         """Append max_new_tokens sampled tokens to idx (B, T) -> (B, T + max_new_tokens), with a
-        key/value cache: each step feeds only the new token. temperature 0 = greedy. Cached
+        key/value cache: each step feeds only the new token. temperature 0 = greedy. valid: (B, T)
+        bool, False = padding: prompts of different lengths share a batch left-padded (see
+        sampling.pad_rows), so that every row's last real token is in the last column. Cached
         positions cannot slide, so going past block_size is an error."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
             raise ValueError(f"{idx.size(1)} + {max_new_tokens} tokens exceed block_size {self.config.block_size}")
+        if valid is not None and not valid[:, -1].all():
+            raise ValueError("generate() continues the last column: pad prompts on the left, none empty")
         cache, next_input = KVCache(self.config.n_layer), idx
         for _ in range(max_new_tokens):
-            logits, _ = self(next_input, kv_cache=cache)
+            logits, _ = self(next_input, kv_cache=cache, valid=valid)
             next_input = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, next_input], dim=1)
+            idx, valid = torch.cat([idx, next_input], dim=1), None   # the cache keeps the prompts' padding
         return idx
 
     def save_pretrained(self, path, eos_token_id=50256):

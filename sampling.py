@@ -104,13 +104,16 @@ def integrate(velocity, x, times, solver='euler', renoise=0.0, generator=None):
 # -----------------------------------------------------------------------------
 # TextLDM and GPT continuations, from token ids to token ids
 
-def pad_rows(rows, pad, device):
-    """list of id lists -> (B, max_len) long tensor right-padded with `pad`, and its valid mask."""
+def pad_rows(rows, pad, device, left=False):
+    """list of id lists -> (B, max_len) long tensor padded with `pad`, and its valid mask. Padded
+    on the right, or on the left: then every row ends in the last column, where a GPT continues."""
     width = max([len(r) for r in rows] + [0])
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool)
     for b, r in enumerate(rows):
-        ids[b, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return ids.to(device), (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).to(device)
+        where = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[b, where], valid[b, where] = torch.as_tensor(r, dtype=torch.long), True
+    return ids.to(device), valid.to(device)
 
 
 def end_of_text(ids, eot):
@@ -144,16 +147,18 @@ def continuation(dit, flow, steps_per_block):
 
 
 def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, top_k=0, top_p=1.0):
-    """Continue each prompt with the GPT's KV-cached sampler; an empty prompt starts after an
-    <|endoftext|>, i.e. at the beginning of a document."""
+    """Continue each prompt (model ids) by lengths[i] tokens with the GPT's KV-cached sampler, all
+    in one batch: the prompts left-padded, max(lengths) tokens sampled, each row cut to its own
+    length, then at its first <|endoftext|>. An empty prompt starts after an <|endoftext|>, i.e.
+    at the beginning of a document."""
+    if not prompts:
+        return []
     device = next(gpt.parameters()).device
-    out = []
-    for p, n in zip(prompts, lengths):
-        idx = torch.tensor([list(p) or [vocab.eot]], dtype=torch.long, device=device)
-        row = gpt.generate(idx, n, temperature=temperature, top_k=top_k or None,
-                           top_p=top_p if top_p < 1 else None, generator=generator)
-        out.append(end_of_text(row[0, idx.shape[1]:].tolist(), vocab.eot)[0])
-    return out
+    idx, valid = pad_rows([list(p) or [vocab.eot] for p in prompts], vocab.eot, device, left=True)
+    rows = gpt.generate(idx, max(lengths), temperature=temperature, top_k=top_k or None,
+                        top_p=top_p if top_p < 1 else None, generator=generator,
+                        valid=None if valid.all() else valid)[:, idx.shape[1]:]   # unpadded: the fast path
+    return [end_of_text(row[:n].tolist(), vocab.eot)[0] for row, n in zip(rows.cpu(), lengths)]
 
 
 def load_textldm(dit_path, device):

@@ -685,19 +685,22 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         start = 0 if kv_cache is None else kv_cache.seq_len()
-        if start + T > self.config.block_size:
-            raise ValueError(f"positions up to {start + T} exceed block_size {self.config.block_size}")
         past_valid = None if kv_cache is None else kv_cache.valid
+        seen = None   # which of all tokens so far, cached and new, are real; None: all of them
         if valid is None and past_valid is None:   # no padding (training): SDPA's is_causal when fresh
-            pos = torch.arange(start, start + T, device=idx.device)
-            mask = self._causal_mask(T, start, idx.device)
-        else:   # which of all tokens so far, cached and new, are real
+            pos, mask = torch.arange(start, start + T, device=idx.device), self._causal_mask(T, start, idx.device)
+        else:
             real = lambda n: torch.ones(B, n, dtype=torch.bool, device=idx.device)
             seen = torch.cat([real(start) if past_valid is None else past_valid,
                               real(T) if valid is None else valid.bool()], dim=1)
             pos, mask = positions(seen)[:, start:], self._padded_mask(seen, T)
-            if kv_cache is not None:
-                kv_cache.valid = seen
+        longest = start + T
+        if seen is not None and longest > self.config.block_size:   # padding takes no position:
+            longest = int(seen.sum(dim=1).max())                    # count (a device sync) when it matters
+        if longest > self.config.block_size:
+            raise ValueError(f"positions up to {longest} exceed block_size {self.config.block_size}")
+        if seen is not None and kv_cache is not None:
+            kv_cache.valid = seen
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, mask, is_causal=mask is None, cache=kv_cache, layer=i)
@@ -710,20 +713,29 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, valid=None):
-        """Append max_new_tokens sampled tokens to idx (B, T) -> (B, T + max_new_tokens), with a
-        key/value cache: each step feeds only the new token. temperature 0 = greedy. valid: (B, T)
-        bool, False = padding: prompts of different lengths share a batch left-padded (see
-        sampling.pad_rows), so that every row's last real token is in the last column. Cached
-        positions cannot slide, so going past block_size is an error."""
-        if idx.size(1) + max_new_tokens > self.config.block_size:
-            raise ValueError(f"{idx.size(1)} + {max_new_tokens} tokens exceed block_size {self.config.block_size}")
+        """Append new sampled tokens to idx (B, T) -> (B, T + max(max_new_tokens)), with a key/value
+        cache: each step feeds only the new token. temperature 0 = greedy. valid: (B, T) bool,
+        False = padding: prompts of different lengths share a batch left-padded (see
+        sampling.pad_rows), so that every row's last real token is in the last column.
+        max_new_tokens: an int, or one per row: the batch runs to the largest, and a row's tokens
+        past its own count are fed as padding (they take no position), so each row needs only its
+        own prompt + new tokens within block_size. They are returned all the same: cut them."""
+        B, T = idx.shape
+        counts = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        prompt_lengths = [T] * B if valid is None else valid.sum(dim=1).tolist()
+        longest = max((p + n for p, n in zip(prompt_lengths, counts)), default=0)
+        if longest > self.config.block_size:   # cached positions cannot slide
+            raise ValueError(f"a prompt + its new tokens ({longest}) exceed block_size {self.config.block_size}")
         if valid is not None and not valid[:, -1].all():
             raise ValueError("generate() continues the last column: pad prompts on the left, none empty")
+        wanted = torch.tensor(counts, device=idx.device)
         cache, next_input = KVCache(self.config.n_layer), idx
-        for _ in range(max_new_tokens):
+        for step in range(max(counts, default=0)):
             logits, _ = self(next_input, kv_cache=cache, valid=valid)
             next_input = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx, valid = torch.cat([idx, next_input], dim=1), None   # the cache keeps the prompts' padding
+            idx = torch.cat([idx, next_input], dim=1)
+            # the cache keeps the prompts' padding; the new token is real if its row asked for it
+            valid = (wanted > step)[:, None] if step >= min(counts) else None
         return idx
 
     def save_pretrained(self, path, eos_token_id=50256):

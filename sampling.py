@@ -149,13 +149,14 @@ def continuation(dit, flow, steps_per_block):
 def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, top_k=0, top_p=1.0):
     """Continue each prompt (model ids) by lengths[i] tokens with the GPT's KV-cached sampler, all
     in one batch: the prompts left-padded, max(lengths) tokens sampled, each row cut to its own
-    length, then at its first <|endoftext|>. An empty prompt starts after an <|endoftext|>, i.e.
+    length (so a row needs only its own prompt + length within the context), then at its first
+    <|endoftext|>. An empty prompt starts after an <|endoftext|>, i.e.
     at the beginning of a document."""
     if not prompts:
         return []
     device = next(gpt.parameters()).device
     idx, valid = pad_rows([list(p) or [vocab.eot] for p in prompts], vocab.eot, device, left=True)
-    rows = gpt.generate(idx, max(lengths), temperature=temperature, top_k=top_k or None,
+    rows = gpt.generate(idx, list(lengths), temperature=temperature, top_k=top_k or None,
                         top_p=top_p if top_p < 1 else None, generator=generator,
                         valid=None if valid.all() else valid)[:, idx.shape[1]:]   # unpadded: the fast path
     return [end_of_text(row[:n].tolist(), vocab.eot)[0] for row, n in zip(rows.cpu(), lengths)]

@@ -320,7 +320,7 @@ def test_gpt_padded_rows_get_their_unpadded_logits_at_every_step():
         for step, (together, single) in enumerate(zip(batched, alone)):
             assert torch.allclose(together[b], single, atol=1e-5), (b, step)
 
-PROMPTS = [[5, 17, 3, 88, 41, 9, 60, 12], [23], [], [70, 2, 2, 54]]   # [] starts after <|endoftext|>
+PROMPTS = [[(7 * i) % V for i in range(20)], [23], [], [70, 2, 2, 54]]   # [] starts after <|endoftext|>
 
 def test_gpt_continue_batched_greedy_equals_one_prompt_at_a_time():
     model, vocab = tiny_gpt(), SimpleNamespace(eot=0)
@@ -328,15 +328,20 @@ def test_gpt_continue_batched_greedy_equals_one_prompt_at_a_time():
         for name, p in model.named_parameters():
             if 'wte' not in name:
                 p.add_(0.1 * torch.randn_like(p))
-    lengths = [6, 11, 4, 8]   # each row its own number of new tokens
+    # each row its own number of new tokens: 20 + 28 columns exceed block_size 32, no row does
+    lengths = [12, 28, 4, 8]
     batched = gpt_continue(model, vocab, PROMPTS, lengths, temperature=0)
     alone = [gpt_continue(model, vocab, [p], [n], temperature=0)[0] for p, n in zip(PROMPTS, lengths)]
     assert batched == alone
     assert [len(r) for r in batched] == lengths   # no <|endoftext|> cut: every token compared
     assert len({t for r in batched for t in r}) > 5   # not one token repeated: a test that can fail
 
-def test_gpt_generate_needs_left_padding():
+def test_gpt_generate_needs_left_padding_and_rows_within_block_size():
     model = tiny_gpt()
+    idx, valid = pad_rows([list(range(30)), [4]], 0, 'cpu', left=True)
+    with pytest.raises(ValueError, match="exceed block_size 32"):
+        model.generate(idx, [3, 2], valid=valid)   # 30 + 3
+    assert model.generate(idx, [2, 31], valid=valid).shape == (2, 30 + 31)
     idx, valid = pad_rows([[1, 2, 3], [4]], 0, 'cpu')   # right-padded: row 1 ends in column 0
     with pytest.raises(ValueError, match="pad prompts on the left"):
         model.generate(idx, 2, valid=valid)

@@ -12,6 +12,10 @@ those between 40% and 60% of the length. Each model continues the prompt by as m
 tokens as the true remainder has (a model with another tokenizer samples as many of its own and
 is cut to that) and is scored against the remainder: ROUGE-1/2/L F1, BERTScore F1 (no IDF, no
 rescaling), MAUVE (remainders against continuations), on the embedded corpus its checker.
+Prompts go `batch_size` at once, each continued to its own length: any lengths, left-padded, for
+the GPT; for TextLDM and transformers models, prompts whose longest + longest continuation fit the
+context. Greedy continuations do not depend on the batching; sampled ones only through the order
+in which random numbers are drawn.
 Unconditional: `num_uncond` samples of `uncond_length` tokens from an empty prompt: an
 autoregressive model continues a lone <|endoftext|> (a document from its start, what GPT-2 does
 from nothing), TextLDM takes its dropped-context path (the one classifier-free guidance
@@ -125,11 +129,13 @@ def progress(label, done, total, t0, step=1):
         print(f"  {label}: {done}/{total} in {time.time() - t0:.0f}s", flush=True)
 
 
-def batches_within(prompts, lengths, context):
-    """Batches of indices, by prompt length, whose longest prompt + longest continuation fit the
-    context: TextLDM packs a batch as [prompts, padded | targets, padded] into one sequence."""
+def batches_within(prompts, lengths, context=math.inf):
+    """Batches of at most batch_size indices, by prompt length (so that a batch pads little),
+    whose longest prompt + longest continuation fit the context: TextLDM packs a batch as
+    [prompts, padded | targets, padded] into one sequence, and transformers' generate() runs
+    every left-padded row to the longest continuation (past a learned position table's end)."""
     out = []
-    for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
+    for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):   # stable: the same batches every run
         group = out[-1] + [i] if out else [i]
         fits = max(len(prompts[j]) for j in group) + max(lengths[j] for j in group) <= context
         if out and len(group) <= batch_size and fits:
@@ -156,20 +162,18 @@ def textldm_candidate(label, path):
     return dict(label=label, context=context, space=space, generate=generate)
 
 
-def by_prompt_length(label, continue_batch):
-    """generate() of an autoregressive model: prompts of one length go in one batch, which samples
-    as many tokens as its longest continuation; each row is cut to its own length, then at the
-    first <|endoftext|>. continue_batch(prompts, n, generator) -> (rows of n new ids, eot)."""
+def in_batches(label, continue_batch, context=math.inf):
+    """generate() of an autoregressive model: batches_within(..., context) prompts at once,
+    left-padded, the results put back in the prompts' order. continue_batch(prompts, lengths,
+    generator) -> [(GPT-2 ids, ended)] as generate(): each row sampled to its own length (a
+    batch runs to its longest) and cut at the first <|endoftext|>."""
     def generate(prompts, lengths, generator):
         out, t0 = [None] * len(prompts), time.time()
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        groups = [[i for i in order if len(prompts[i]) == n] for n in sorted({len(p) for p in prompts})]
-        for group in groups:
-            for batch in (group[k:k + batch_size] for k in range(0, len(group), batch_size)):
-                rows, eot = continue_batch([prompts[i] for i in batch], max(lengths[i] for i in batch), generator)
-                for i, row in zip(batch, rows):
-                    out[i] = sampling.end_of_text(row[:lengths[i]], eot)
-                progress(label, len(out) - out.count(None), len(out), t0, step=len(batch))
+        for batch in batches_within(prompts, lengths, context):
+            rows = continue_batch([prompts[i] for i in batch], [lengths[i] for i in batch], generator)
+            for i, row in zip(batch, rows):
+                out[i] = row
+            progress(label, len(out) - out.count(None), len(out), t0, step=len(batch))
         return out
     return generate
 
@@ -178,12 +182,12 @@ def gpt_candidate(label, path):
     gpt, vocab, _ = training.load_model(path, 'gpt')
     gpt.to(device)
 
-    def continue_batch(prompts, n, generator):  # an empty prompt starts after <|endoftext|>
-        idx = torch.tensor([vocab.from_gpt2(p).tolist() or [vocab.eot] for p in prompts], device=device)
-        rows = gpt.generate(idx, n, temperature=temperature, top_k=top_k or None,
-                            top_p=top_p if top_p < 1 else None, generator=generator)[:, idx.shape[1]:]
-        return [vocab.to_gpt2(r).tolist() for r in rows.cpu()], vocab.to_gpt2([vocab.eot])[0]
-    return dict(label=label, context=gpt.config.block_size, space=None, generate=by_prompt_length(label, continue_batch))
+    def continue_batch(prompts, lengths, generator):   # each row cut at <|endoftext|>: it ended if shorter
+        rows = sampling.gpt_continue(gpt, vocab, [vocab.from_gpt2(p).tolist() for p in prompts], lengths,
+                                     generator, temperature, top_k, top_p)
+        return [(vocab.to_gpt2(row).tolist(), len(row) < n) for row, n in zip(rows, lengths)]
+    # any prompts share a batch: a row needs only its own prompt + continuation within the context
+    return dict(label=label, context=gpt.config.block_size, space=None, generate=in_batches(label, continue_batch))
 
 
 class HFModel:
@@ -229,17 +233,25 @@ def hf_candidate(label, name):
     lm = HFModel(name, 'model')
 
     @torch.no_grad()
-    def continue_batch(prompts, n, generator):  # generate() draws from torch's RNG, seeded per model
-        rows = [lm.from_gpt2(p) if p and p != [tokenization.EOT] else [lm.bos] for p in prompts]  # left-padded:
-        width = max(map(len, rows))  # another tokenizer may give the prompts different lengths
-        x = torch.tensor([[lm.eot] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    def continue_batch(prompts, lengths, generator):  # generate() draws from torch's RNG, seeded per model
+        rows = [lm.from_gpt2(p) if p and p != [tokenization.EOT] else [lm.bos] for p in prompts]
+        # left-padded with an attention mask (generate() then counts positions over the real tokens);
+        # the pad id is given, as a tokenizer may have none
+        x, valid = sampling.pad_rows(rows, lm.eot, device, left=True)
         options = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0 else {}
-        y = lm.model.generate(x, attention_mask=mask, max_new_tokens=n, eos_token_id=lm.eot, pad_token_id=lm.eot,
-                              **(options or dict(do_sample=False)))[:, width:].tolist()
-        # in GPT-2 ids, with <|endoftext|> kept where the model ended, for the caller's cut
-        return [lm.to_gpt2(sampling.end_of_text(r, lm.eot)[0]) + [tokenization.EOT] * (lm.eot in r) for r in y], tokenization.EOT
-    return dict(label=label, context=lm.context, space=None, generate=by_prompt_length(label, continue_batch))
+        y = lm.model.generate(x, attention_mask=valid.long(), max_new_tokens=max(lengths), eos_token_id=lm.eot,
+                              pad_token_id=lm.eot, **(options or dict(do_sample=False)))[:, x.shape[1]:].tolist()
+        return [hf_sample(lm, row[:n], n) for row, n in zip(y, lengths)]
+    # the longest prompt + continuation within the context, counted in GPT-2 tokens (another
+    # tokenizer may make a prompt longer: a model with a longer context than the documents' copes)
+    return dict(label=label, context=lm.context, space=None, generate=in_batches(label, continue_batch, lm.context))
+
+
+def hf_sample(lm, ids, n):
+    """A row of n of the model's own tokens -> (GPT-2 ids, ended): its text up to <|endoftext|>
+    in GPT-2 tokens, cut to n of them (another tokenizer may give more, or fewer)."""
+    kept, ended = sampling.end_of_text(ids, lm.eot)
+    return sampling.end_of_text((lm.to_gpt2(kept) + [tokenization.EOT] * ended)[:n], tokenization.EOT)
 
 
 def load_candidate(spec):

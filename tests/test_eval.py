@@ -19,6 +19,7 @@ import eval as ev
 import helpers
 import sampling
 import tokenization
+import training
 from model import GPT, GPTConfig
 
 MINILM = helpers.minilm_folder()
@@ -253,6 +254,94 @@ def test_eval_end_to_end(pipeline):
     assert '| model | R-1 | R-2 | R-L | BERTScore | MAUVE |' in result.stdout
     assert '| grammar % | all parse % | consistent % |' in result.stdout
     assert '| textldm |' in result.stdout and '| export |' in result.stdout
+
+
+# -----------------------------------------------------------------------------
+# Autoregressive models at batch: prompts of any lengths in one batch, left-padded
+
+def test_autoregressive_batches_keep_the_prompts_order(monkeypatch):
+    monkeypatch.setattr(ev, 'batch_size', 3)
+    seen = []
+
+    def continue_batch(prompts, lengths, generator):
+        seen.append([len(p) for p in prompts])
+        return [(p + [n], False) for p, n in zip(prompts, lengths)]
+    prompts = [[7] * n for n in (5, 1, 9, 0, 3, 5, 2)]
+    out = ev.in_batches('m', continue_batch)(prompts, list(range(7)), None)
+    assert out == [(p + [n], False) for n, p in enumerate(prompts)]   # back in the prompts' order
+    assert seen == [[0, 1, 2], [3, 5, 5], [9]]   # batch_size rows, whatever their lengths, shortest first
+
+
+def perturb(model):
+    """A random LM (or ours after two iterations) greedily repeats one token; perturbed, its greedy
+    continuations depend on the whole prompt and the positions, so a padding error shows."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if 'embed' not in name and 'wte' not in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def perturbed_hf(folder):
+    from transformers import AutoModelForCausalLM
+    perturb(AutoModelForCausalLM.from_pretrained(folder)).save_pretrained(folder)
+    return folder
+
+
+def perturbed_gpt(out_dir, folder):
+    """The pipeline's gpt.pt perturbed, into folder/gpt.pt, and its transformers export, folder/gpt_hf."""
+    gpt, vocab, ckpt = training.load_model(os.path.join(out_dir, 'gpt.pt'), 'gpt')
+    ckpt['model'] = {'gpt.' + k: v for k, v in perturb(gpt).state_dict().items()}
+    torch.save(ckpt, folder / 'gpt.pt')
+    tokenization.export_gpt(gpt, vocab, str(folder / 'gpt_hf'))
+    return folder
+
+
+def test_hf_samples_are_cut_to_their_length_then_at_end_of_text(tiny_judge):
+    hello, eot = tokenization.encode("Hello world, how are you"), tiny_judge.eot
+    assert ev.hf_sample(tiny_judge, hello, 3) == (hello[:3], False)
+    assert ev.hf_sample(tiny_judge, hello[:2] + [eot] + hello, 6) == (hello[:2], True)
+    assert ev.hf_sample(tiny_judge, hello[:2] + [eot], 2) == (hello[:2], False)   # the end came after n
+
+
+def test_gpt_rows_cut_short_by_end_of_text_ended(pipeline, monkeypatch):
+    """sampling.gpt_continue cuts a row at its first <|endoftext|>: a row shorter than asked ended."""
+    candidate = ev.gpt_candidate('gpt', os.path.join(pipeline[1], 'gpt.pt'))
+    rows = lambda gpt, vocab, prompts, lengths, *args: [[1] * (n - k) for k, n in enumerate(lengths)]
+    monkeypatch.setattr(sampling, 'gpt_continue', rows)   # the first runs to its length, the second stops short
+    assert [ended for _, ended in candidate['generate']([[], []], [3, 3], None)] == [False, True]
+
+
+TEXTS = ["Mia was a clever girl who had 2 coins. Later, she went to the farm.", "Once", "", "Paul had 9 coins."]
+
+
+@pytest.mark.parametrize('kind', ['gpt', 'export', 'hf-gpt2', 'hf-llama'])
+def test_greedy_batch_equals_one_prompt_at_a_time(kind, pipeline, tmp_path, monkeypatch):
+    """Our GPT, its transformers export (compact vocabulary), and transformers LMs with GPT-2's
+    tokenizer and with another (rotary positions, which generate() derives from the padding)."""
+    candidate = {'gpt': lambda: ev.gpt_candidate(kind, perturbed_gpt(pipeline[1], tmp_path) / 'gpt.pt'),
+                 'export': lambda: ev.hf_candidate(kind, str(perturbed_gpt(pipeline[1], tmp_path) / 'gpt_hf')),
+                 'hf-gpt2': lambda: ev.hf_candidate(kind, perturbed_hf(helpers.gpt2_tokenizer_teacher(tmp_path, 32, 2))),
+                 'hf-llama': lambda: ev.hf_candidate(kind, perturbed_hf(helpers.other_tokenizer_teacher(
+                     tmp_path, helpers.corpus_text(50), n_embd=32, n_layer=2)))}[kind]()
+    prompts = [tokenization.encode(t) for t in TEXTS]
+    lengths = [9, 30, 7, 12]   # 19 + 30 > the pipeline's context of 32, though every row fits
+    monkeypatch.setattr(ev, 'temperature', 0.0)
+    monkeypatch.setattr(ev, 'batch_size', len(prompts))
+    batched = candidate['generate'](prompts, lengths, None)
+    monkeypatch.setattr(ev, 'batch_size', 1)
+    assert batched == candidate['generate'](prompts, lengths, None)
+    assert all(len(ids) <= n and (len(ids) < n or not ended) for (ids, ended), n in zip(batched, lengths))
+    assert len({t for ids, _ in batched for t in ids}) > 4   # varied: not one token repeated
+    # sampling is deterministic for a seed, batched (transformers' generate() draws from torch's RNG)
+    monkeypatch.setattr(ev, 'temperature', 1.0)
+    monkeypatch.setattr(ev, 'batch_size', len(prompts))
+    sampled = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        sampled.append(candidate['generate'](prompts, lengths, torch.Generator().manual_seed(3)))
+    assert sampled[0] == sampled[1]
 
 
 @pytest.mark.parametrize('argv, message', [

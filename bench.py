@@ -8,6 +8,7 @@ Benchmarks for the README. Each prints a markdown table with the machine it ran 
     python bench.py --what=dit_step --train_batch_size=16   # the quick start's DiT step, before and now
     python bench.py --what=memory --dtype=bfloat16 --vae_size=paper --dit_size=dit-l --gpt_size=gpt2-large
     python bench.py --what=repa      # the REPA teacher's and its inputs' share of a paper-size VAE step
+    python bench.py --what=eval --gpt_size=gpt2   # eval.py's GPT rows, one prompt at a time vs a batch; FLOPs
 
 The prepare benchmark writes a synthetic OpenWebText2 archive (a tar of .jsonl.zst shards, real
 English prose from Python's own documentation, ~6 KB per document like OpenWebText2's) into a
@@ -33,7 +34,7 @@ device = 'cpu'
 dtype = 'float32'
 compile = False
 seed = 1337
-what = 'prepare'           # comma-separated: prepare, corpus, train, sample, flops, dit_step, memory, repa
+what = 'prepare'           # comma-separated: prepare, corpus, train, sample, flops, dit_step, memory, repa, eval
 prepare_mb = 32            # text for the throughput runs
 memory_mb = (16, 64)       # two corpus sizes: peak memory should not grow with the corpus
 memory_num_proc = 2
@@ -63,6 +64,10 @@ repa_window = 1024
 repa_batch = 16
 repa_batches = 4           # batches of teacher inputs timed
 repa_teacher_vocab = 8000  # the stand-in teacher tokenizer's (config/owt.py's Qwen3 tokenizer is a download)
+eval_prompts = 32          # eval: prompts of random lengths in eval_prompt_range, each continued by
+eval_prompt_range = (20, 200)  # eval_new_tokens, one at a time and as one batch
+eval_new_tokens = 64
+eval_doc_tokens = 1024     # eval: FLOPs of one document of this length, cut at its middle, at the paper's sizes
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -575,12 +580,83 @@ def bench_repa(cfg):
         ("of which align_by_characters, per window", f'{per_window:.2f} ms', '')])
 
 
+def bench_eval(cfg):
+    """eval.py's GPT rows: prompts of mixed lengths one at a time (eval's path before it batched:
+    it grouped prompts of equal length, and real documents' prompts all differ) against one batch,
+    left-padded (sampling.gpt_continue). Then the FLOPs of one document at the paper's sizes,
+    counted on shapes alone (meta tensors), for a GPU estimate (README)."""
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    import eval as ev
+    import model
+    import sampling
+    device, n = cfg['device'], cfg['eval_new_tokens']
+    net_dtype = torch.bfloat16 if cfg['dtype'] == 'bfloat16' and device.startswith('cuda') else torch.float32
+    rng = np.random.default_rng(cfg['seed'])
+    low, high = cfg['eval_prompt_range']
+    prompts = [rng.integers(0, 50000, rng.integers(low, high + 1)).tolist() for _ in range(cfg['eval_prompts'])]
+    gpt = model.GPT(model.make_config('gpt', cfg['gpt_size'])).to(device, net_dtype).eval()
+    vocab, generator = tokenization.Vocab(), torch.Generator(device).manual_seed(cfg['seed'])
+    one = lambda p: gpt.generate(torch.tensor([p], device=device), n, top_k=50, generator=generator)
+    runs = {'one at a time (before)': lambda: [one(p) for p in prompts],
+            f'batch of {len(prompts)}, left-padded': lambda: sampling.gpt_continue(
+                gpt, vocab, prompts, [n] * len(prompts), generator, top_k=50)}
+    one(prompts[0])   # warm-up
+    rows, seconds = [], []
+    for name, run in runs.items():
+        seconds.append(timed_once(run, device))
+        rows.append((name, *(f'{t:.1f}' for t in seconds[-1]), *(f'{len(prompts) * n / t:,.1f}' for t in seconds[-1])))
+    print(f"GPT '{cfg['gpt_size']}' ({gpt.num_params() / 1e6:.0f}M), {len(prompts)} prompts of {low}-{high} tokens "
+          f"(mean {np.mean([len(p) for p in prompts]):.0f}), {n} new tokens each, top-k 50; {device} {net_dtype}; "
+          f"batching speed-up {seconds[0][0] / seconds[1][0]:.1f}x in seconds, {seconds[0][1] / seconds[1][1]:.1f}x "
+          f"in CPU seconds (the reliable one on a shared machine). {machine()}\n")
+    table(('GPT generation', 'seconds', 'CPU seconds', 'new tokens/s', 'per CPU second'), rows)
+
+    def flops(fn):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+    T, cut = cfg['eval_doc_tokens'], cfg['eval_doc_tokens'] // 2
+    with torch.device('meta'), torch.no_grad():   # shapes only
+        big_gpt = model.GPT(model.make_config('gpt', 'gpt2-large', block_size=T)).eval()
+        vae = model.TextVAE(model.make_config('vae', 'paper', block_size=T)).eval()
+        dit = model.DiT(model.make_config('dit', 'dit-l', latent_dim=vae.config.latent_dim, block_size=T)).eval()
+        ids, latents = torch.zeros(1, T, dtype=torch.long), torch.zeros(1, T, vae.config.latent_dim)
+        gpt_flops = flops(lambda: big_gpt(ids))   # KV-cached generation computes each token once, as this pass
+        dit_flops = flops(lambda: dit(latents, torch.ones(1, T), torch.arange(T)[None] >= cut))
+        vae_flops = flops(lambda: (vae.encode(ids[:, :cut]), vae.decode(latents[:, cut:])))
+    steps = cfg['gen_steps']
+    print(f"FLOPs of one {T}-token document cut at {cut} (FlopCounterMode; attention counted in full, causal or not):\n")
+    table(('model', 'what', 'TFLOP per document'),
+          [('gpt2-large', 'one pass over the document (prompt pass + one pass per new token)', f'{gpt_flops / 1e12:.2f}'),
+           ('TextLDM dit-l', f'{steps} steps x 2 passes (CFG) over {T} latents', f'{2 * steps * dit_flops / 1e12:.1f}'),
+           ('TextLDM VAE', 'encode the prompt, decode the continuation', f'{vae_flops / 1e12:.2f}')])
+    # eval.py's own cuts and batches (batch_size 32) of 1,000 documents of T tokens
+    cuts = ev.cut_points([T] * 1000, ev.seed)
+    prompts, rest = [[0] * c for c in cuts], [T - c for c in cuts]
+    batches, within = ev.batches_within(prompts, rest), ev.batches_within(prompts, rest, T)
+    print(f"1,000 documents of {T} tokens, cut as eval.py cuts them: the GPT's {len(batches)} batches run "
+          f"{sum(max(rest[i] for i in b) for b in batches):,} decode steps ({sum(rest):,} one prompt at a time); "
+          f"TextLDM and hf: rows, whose batches must fit the context, make {len(within)} batches.\n")
+
+
+def timed_once(fn, device):
+    """(seconds, CPU seconds of this process) of one call of fn."""
+    import torch
+    start, cpu_start = time.time(), time.process_time()
+    fn()
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+    return time.time() - start, time.process_time() - cpu_start
+
+
 if __name__ == '__main__':
     config = configurator.configure(globals(), 'bench')
     for name in what.split(','):
         benches = {'prepare': bench_prepare, 'corpus': bench_corpus, 'train': bench_train, 'sample': bench_sample,
                    'flops': bench_flops, 'dit_step': bench_dit_step,
-                   'memory': bench_memory, 'repa': bench_repa}
+                   'memory': bench_memory, 'repa': bench_repa, 'eval': bench_eval}
         if name.strip() not in benches:
             raise configurator.ConfigError(f"what={name!r}: choose from {', '.join(benches)}")
         benches[name.strip()](config)

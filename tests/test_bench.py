@@ -23,7 +23,18 @@ def test_bench_sample_tiny():
         assert all(s > 0 for s in speedups)
 
 
-def test_bench_train_tiny():
+def test_bench_eval_tiny():
+    out = helpers.run_script('bench.py', '--what=eval', '--eval_prompts=3', '--eval_new_tokens=4',
+                             '--eval_prompt_range=(5, 12)', '--gen_steps=50').stdout
+    rows = [[cell.strip() for cell in row.strip('|').split('|')] for row in table_rows(out)]
+    assert [r[0] for r in rows] == ['GPT generation', 'one at a time (before)', 'batch of 3, left-padded',
+                                    'model', 'gpt2-large', 'TextLDM dit-l', 'TextLDM VAE']
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows[1:3])   # new tokens/s, per CPU second
+    gpt, dit = float(rows[4][2]), float(rows[5][2])   # TFLOP of one 1024-token document
+    assert 1.5 < gpt < 2.0 and 80 < dit / gpt < 120   # ~2 x 774M x 1024; 100 DiT passes of the same size
+
+
+
     out = helpers.run_script('bench.py', '--what=train', '--train_iters=2', '--compile_modes=(False,)',
                              '--seq_len=16', '--train_batch_size=2', timeout=600).stdout
     rows = table_rows(out)

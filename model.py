@@ -655,6 +655,7 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight   # tied input/output embedding
+        self.checkpointing = False   # activation checkpointing in training (set by train_gpt.py)
         init_gpt_style(self, config.n_layer)
 
     def _causal_mask(self, T, past, device):
@@ -701,9 +702,10 @@ class GPT(nn.Module):
             raise ValueError(f"positions up to {longest} exceed block_size {self.config.block_size}")
         if seen is not None and kv_cache is not None:
             kv_cache.valid = seen
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        x = self.transformer.drop(x.to(autocast_dtype(x)))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, mask, is_causal=mask is None, cache=kv_cache, layer=i)
+            x = checkpointed(block, self.checkpointing, x, mask, mask is None, kv_cache, i)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:

@@ -29,6 +29,7 @@ seed = 1337
 size = 'tiny'            # a preset of model.GPT_SIZES
 block_size = 256         # context length in tokens
 dropout = 0.0
+activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 export_dir = '{out_dir}/gpt_hf'  # the transformers GPT-2 folder written at the end ('' = none)
 compact_vocab = False    # renumber to the ids that occur in the data (small corpora, CPU)
 # training: what training.train() reads
@@ -78,6 +79,7 @@ training.seed_everything(seed + dist_.rank)
 data = tokenization.TokenData(data_dir, compact_vocab)
 gpt_config = make_config('gpt', size, vocab_size=data.vocab.size, block_size=block_size, dropout=dropout)
 gpt = GPT(gpt_config)
+gpt.checkpointing = activation_checkpointing
 training.print0(dist_, f"GPT '{size}': {gpt.num_params() / 1e6:.2f}M parameters")
 objective = training.train(config, 'gpt', NextTokenObjective(gpt), batch_fn, dist_,
                          {**dataclasses.asdict(gpt_config), 'vocab_ids': data.vocab.state()},

@@ -411,11 +411,14 @@ def test_dit_modulation_per_time_equals_the_per_token_computation():
     assert torch.allclose(per_row, per_token, atol=1e-6)
     assert torch.equal(per_row, model(x, t, is_target))
 
-@pytest.mark.parametrize("kind", ['vae', 'dit'])
+@pytest.mark.parametrize("kind", ['vae', 'dit', 'gpt'])
 def test_activation_checkpointing_changes_nothing_but_memory(kind):
-    model = tiny_vae(dropout=0.1) if kind == 'vae' else tiny_dit()
+    model = {'vae': lambda: tiny_vae(dropout=0.1), 'dit': tiny_dit, 'gpt': tiny_gpt}[kind]()
     model.train()
-    if kind == 'vae':
+    if kind == 'gpt':
+        idx = torch.randint(0, V, (2, 9))
+        run = lambda: model(idx, targets=idx)[1]
+    elif kind == 'vae':
         idx = torch.randint(0, V, (2, 9))
         run = lambda: model(idx)[0].float().pow(2).mean()
     else:
@@ -439,19 +442,20 @@ def test_activation_checkpointing_changes_nothing_but_memory(kind):
     assert torch.equal(plain[0], checkpointed[0])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain[1], checkpointed[1]))
 
-@pytest.mark.parametrize("kind", ['vae', 'dit'])
+@pytest.mark.parametrize("kind", ['vae', 'dit', 'gpt'])
 def test_residual_stream_is_bf16_under_autocast(kind):
     """An fp32 table added to bf16 outputs would make every block's input fp32."""
-    model = tiny_vae() if kind == 'vae' else tiny_dit()
-    blocks = list(model.encoder_blocks) + list(model.decoder_blocks) if kind == 'vae' else model.blocks
+    model = {'vae': tiny_vae, 'dit': tiny_dit, 'gpt': tiny_gpt}[kind]()
+    blocks = {'vae': lambda: list(model.encoder_blocks) + list(model.decoder_blocks), 'dit': lambda: model.blocks,
+              'gpt': lambda: model.transformer.h}[kind]()
     seen = []
     for block in blocks:
         block.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        if kind == 'vae':
-            model(torch.randint(0, V, (2, 9)))
-        else:
+        if kind == 'dit':
             model(*dit_inputs())
+        else:
+            model(torch.randint(0, V, (2, 9)))
     assert len(seen) == len(blocks) and set(seen) == {(torch.bfloat16, torch.bfloat16)}
 
 def test_gpt_kv_cache_chunks_match_full_forward():

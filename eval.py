@@ -86,19 +86,7 @@ gen_ppl = True
 judge = 'gpt2-large'       # a transformers causal LM; our exports (out_dir/gpt_hf, compact or not) work
 recon = True               # VAE reconstruction accuracy on data_dir's val.bin
 recon_batches = 10
-steps = 50                 # sampling, as in sample.py
-steps_per_block = 16       # a Cola DiT (latent_block > 0): ODE steps per block
-solver = 'euler'
-cfg_scale = 7.0
-guidance_min_t = 0.0
-guidance_max_t = 1.0
-time_grid = 'uniform'
-logit_normal_std = 1.5
-ode_dtype = 'float64'
-renoise = 0.0              # stochastic steps (sample.py)
-temperature = 1.0          # autoregressive models: plain ancestral sampling by default
-top_k = 0
-top_p = 1.0
+globals().update(sampling.SAMPLER)  # the sampler's keys (steps, cfg_scale, renoise, ...): sampling.py
 # -----------------------------------------------------------------------------
 
 

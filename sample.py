@@ -13,6 +13,7 @@ import time
 import torch
 
 import configurator
+import sampling
 import training
 from sampling import check_lengths, continuation, flow_options, gpt_continue, load_textldm
 
@@ -31,19 +32,7 @@ max_new_tokens = 64
 out = ''                   # a .jsonl file for {prompt, continuation, ...} records ('' = none)
 dit_path = '{out_dir}/dit.pt'
 gpt_path = '{out_dir}/gpt.pt'
-steps = 50                 # ODE steps
-steps_per_block = 16       # Cola (a DiT trained with latent_block > 0): ODE steps for each block
-solver = 'euler'           # 'euler' or 'heun'
-cfg_scale = 7.0            # classifier-free guidance; 1 = the conditional model alone
-guidance_min_t = 0.0       # guidance only for t in [guidance_min_t, guidance_max_t]
-guidance_max_t = 1.0
-time_grid = 'uniform'      # 'uniform' or 'logit_normal' (the training distribution's quantiles)
-logit_normal_std = 1.5
-ode_dtype = 'float64'      # the ODE state and its updates; the network runs in `dtype`
-renoise = 0.0              # Euler only: share of the noise re-drawn at each step (0 = the ODE, 1 = all)
-temperature = 1.0          # GPT sampling
-top_k = 0                  # 0 = off
-top_p = 1.0                # 1 = off
+globals().update(sampling.SAMPLER)  # the sampler's keys (steps, cfg_scale, renoise, ...): sampling.py
 # -----------------------------------------------------------------------------
 
 

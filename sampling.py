@@ -14,6 +14,25 @@ import training
 from model import clean_estimate
 
 
+# The sampler's settings: the keys sample.py and eval.py both take (in a config file, `sample_steps`
+# or `eval_steps` sets one script's; `steps`, both).
+SAMPLER = dict(
+    steps=50,                 # ODE steps
+    steps_per_block=16,       # Cola (a DiT trained with latent_block > 0): ODE steps for each block
+    solver='euler',           # 'euler' or 'heun'
+    cfg_scale=7.0,            # classifier-free guidance; 1 = the conditional model alone
+    guidance_min_t=0.0,       # guidance only for t in [guidance_min_t, guidance_max_t]
+    guidance_max_t=1.0,
+    time_grid='uniform',      # 'uniform' or 'logit_normal' (the training distribution's quantiles)
+    logit_normal_std=1.5,
+    ode_dtype='float64',      # the ODE state and its updates; the network runs in the script's `dtype`
+    renoise=0.0,              # Euler only: share of the noise re-drawn at each step (0 = the ODE, 1 = all)
+    temperature=1.0,          # autoregressive models (GPT, hf:): plain ancestral sampling by default
+    top_k=0,                  # 0 = off
+    top_p=1.0,                # 1 = off
+)
+
+
 # -----------------------------------------------------------------------------
 # The flow ODE
 

@@ -358,16 +358,18 @@ def bench_dit_step(cfg):
 
 def bench_memory(cfg):
     """Activation memory per token of each stage's training loss at the configured sizes: the bytes
-    autograd saves for the backward pass (each tensor once; parameters and their casts left out),
-    counted on the CPU, without and with activation checkpointing; on CUDA also the allocator's
-    peak above the weights. One window of seq_len tokens (memory per token barely depends on the
-    batch). The VAE without its projector and teacher (the teacher saves nothing: no gradient)."""
+    autograd keeps for the backward pass (each storage once; parameters and their casts left out),
+    counted on the CPU: with the residual stream in fp32 under autocast (as before 2026-11-29),
+    in bf16 (now), and with activation checkpointing; on CUDA also the allocator's peak above the
+    weights. One window of seq_len tokens (memory per token barely depends on the batch). The VAE
+    without its projector and teacher (the teacher keeps nothing: no gradient)."""
     import torch
     import model
-    import training
     device, L = cfg['device'], cfg['seq_len']
     cuda = device.startswith('cuda')
     torch.manual_seed(cfg['seed'])
+    as_now = model.autocast_dtype
+    settings = (('fp32 residual', lambda x: x.dtype, False), ('now', as_now, False), ('checkpointing', as_now, True))
     rows = []
     for kind in ('vae', 'dit', 'gpt'):
         cls = {'vae': model.TextVAE, 'dit': model.DiT, 'gpt': model.GPT}[kind]
@@ -381,32 +383,31 @@ def bench_memory(cfg):
             loss_fn = ((lambda: net(idx, targets=idx)[1]) if kind == 'gpt' else
                        (lambda: torch.nn.functional.cross_entropy(net(idx)[0].float().flatten(0, 1), idx.flatten())))
         row = [kind, cfg[f'{kind}_size']]
-        for checkpointing in (False, True):
-            net.checkpointing = checkpointing
-            seen = {}
+        for _, residual_dtype, checkpointing in settings:
+            model.autocast_dtype, net.checkpointing = residual_dtype, checkpointing
+            kept = {}   # storage -> bytes: views of one tensor share it
 
             def pack(t):
                 if tuple(t.shape) not in weights:
-                    seen[(t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+                    kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
                 return t
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), training.autocast(
-                    'cuda' if cuda else 'cpu', cfg['dtype']):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(
+                    'cuda' if cuda else 'cpu', dtype=getattr(torch, cfg['dtype']), enabled=cfg['dtype'] != 'float32'):
                 loss = loss_fn()
             peak = (torch.cuda.max_memory_allocated() - base) if cuda else None
             loss.backward()
             net.zero_grad(set_to_none=True)
-            row.append(f"{sum(seen.values()) / L / 1024:,.0f}")
+            row.append(f"{sum(kept.values()) / L / 1024:,.0f}")
             if cuda:
                 row.append(f"{peak / L / 1024:,.0f}")
+        model.autocast_dtype = as_now
         rows.append(row)
         del net
-    columns = ['saved KiB/token', 'saved KiB/token, checkpointing']
-    if cuda:
-        columns = ['saved KiB/token', 'peak KiB/token', 'saved, checkpointing', 'peak, checkpointing']
+    columns = [f'{name}: {what} KiB/token' for name, _, _ in settings for what in (('saved', 'peak') if cuda else ('saved',))]
     print(f"Activation memory of one training loss, a {L}-token window, {device} {cfg['dtype']}. {machine()}\n")
     table(('stage', 'size', *columns), rows)
 

@@ -572,8 +572,8 @@ class DiT(nn.Module):
         passes its own, and a KVCache of the clean tokens before x. A row has few distinct times,
         so its adaLN modulation is computed per time, not per token: per token, adaLN's
         Linear(C, 6C) of every block would cost more than attention and MLP together."""
-        h = self.x_embedder(x)
-        h = h + self.role_embed(is_target.long()).to(h.dtype)   # bf16 under autocast, like h
+        h = self.x_embedder(x) + self.role_embed(is_target.long())
+        h = h.to(autocast_dtype(h))
         if x_self is not None:
             if not self.config.self_cond:
                 raise ValueError("x_self given to a DiT trained without self_cond")

@@ -625,7 +625,7 @@ def bench_eval(cfg):
         dit = model.DiT(model.make_config('dit', 'dit-l', latent_dim=vae.config.latent_dim, block_size=T)).eval()
         ids, latents = torch.zeros(1, T, dtype=torch.long), torch.zeros(1, T, vae.config.latent_dim)
         gpt_flops = flops(lambda: big_gpt(ids))   # KV-cached generation computes each token once, as this pass
-        dit_flops = flops(lambda: dit(latents, torch.ones(1, T), torch.arange(T)[None] >= cut))
+        dit_flops = flops(lambda: dit(latents, torch.ones(1), torch.arange(T)[None] >= cut))
         vae_flops = flops(lambda: (vae.encode(ids[:, :cut]), vae.decode(latents[:, cut:])))
     steps = cfg['gen_steps']
     print(f"FLOPs of one {T}-token document cut at {cut} (FlopCounterMode; attention counted in full, causal or not):\n")

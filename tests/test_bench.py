@@ -31,7 +31,7 @@ def test_bench_eval_tiny():
                                     'model', 'gpt2-large', 'TextLDM dit-l', 'TextLDM VAE']
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows[1:3])   # new tokens/s, per CPU second
     gpt, dit = float(rows[4][2]), float(rows[5][2])   # TFLOP of one 1024-token document
-    assert 1.5 < gpt < 2.0 and 80 < dit / gpt < 120   # ~2 x 774M x 1024; 100 DiT passes of the same size
+    assert 1.5 < gpt < 2.0 and 50 < dit / gpt < 100   # ~2 x 774M x 1024; 100 DiT passes of about its size
 
 
 

@@ -130,9 +130,15 @@ def to_device(batch, device):
 # Checkpoints: atomic, complete (every RNG state), never with a torch.compile prefix
 
 def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a kill at any instant leaves the old file."""
+    """torch.save to a temporary file, then rename: a kill at any instant leaves the old file. A
+    failed write (a full disk) removes its partial file, and the error goes on."""
     tmp = path + '.tmp'
-    torch.save(obj, tmp)
+    try:
+        torch.save(obj, tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
 
 

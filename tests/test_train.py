@@ -677,3 +677,18 @@ def test_vae_batches_are_never_padded_and_its_attention_is_unmasked(monkeypatch)
         loss.backward()
         assert len(masks) == 4 and all(m is None for m in masks) and 'masked_ce' in metrics
         masks.clear()
+
+
+def test_a_failed_checkpoint_write_keeps_the_old_file_and_leaves_no_partial_one(tmp_path, monkeypatch):
+    """As when the disk fills: torch.save raises halfway through the temporary file."""
+    path = str(tmp_path / 'vae.pt')
+    training.save_atomic({'iter_num': 1}, path)
+
+    def half_written(obj, f):
+        with open(f, 'wb') as out:
+            out.write(b'PK partial')
+        raise RuntimeError('unexpected pos')
+    monkeypatch.setattr(torch, 'save', half_written)
+    with pytest.raises(RuntimeError, match='unexpected pos'):
+        training.save_atomic({'iter_num': 2}, path)
+    assert os.listdir(tmp_path) == ['vae.pt'] and training.load_checkpoint(path)['iter_num'] == 1

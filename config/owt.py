@@ -33,6 +33,8 @@ eval_interval = 2000
 eval_iters = 48                  # (ours) 48 batches: divisible by 8 ranks, ~0.8M tokens per evaluation
 log_interval = 50
 batch_size = 16                  # per GPU per micro-step
+activation_checkpointing = False # (ours) not needed: dit-l keeps ~29 GiB of activations per micro-step
+                                 # (bench.py --what=memory); True cuts that ~25x for ~1/3 more compute
 gradient_accumulation_steps = 48 # global: 6 per GPU -> 16 * 6 * 1024 ~ 100K tokens per GPU per step (reported)
 
 # VAE: ~350M (reported), 200K steps (reported); REPA on Qwen3-1.7B's third-to-last layer (reported)

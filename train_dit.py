@@ -131,16 +131,18 @@ def batch_fn(split, rng):
     (at the start of another: each is encoded on its own), and the cut. Two draws are made per
     micro-batch rather than per window, so that no packed row is padding: with probability
     truncate_prob every window is cut to one random length (the batch is that long), and with
-    probability cfg_dropout every context is dropped (cut 0: the whole window is the target,
-    which is what sampling from an empty prompt continues)."""
+    probability cfg_dropout the contexts are dropped: the rows are then targets alone (cut 0),
+    as long as the continuation of one cut drawn as usual, so unconditional targets have the
+    lengths conditional ones have."""
     length = block_size
     if truncate_prob and rng.random() < truncate_prob:   # drawn only when asked for
         length = int(rng.integers(2, block_size + 1))
+    cut_range = lambda n: (int(context_min * n), min(int(context_max * n), n - 1) + 1)
+    drop = rng.random() < cfg_dropout
+    if drop:
+        length -= int(rng.integers(*cut_range(length)))
     window = data.windows(split, batch_size, length, rng)
-    if rng.random() < cfg_dropout:
-        cut = np.zeros(batch_size, dtype=np.int64)
-    else:
-        cut = rng.integers(int(context_min * length), min(int(context_max * length), length - 1) + 1, size=batch_size)
+    cut = np.zeros(batch_size, dtype=np.int64) if drop else rng.integers(*cut_range(length), size=batch_size)
     pos = np.arange(length)[None, :]
     context_valid = pos < cut[:, None]
     target_valid = pos < (length - cut)[:, None]

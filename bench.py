@@ -331,7 +331,7 @@ def bench_dit_step(cfg):
     everything = torch.ones(B, L, dtype=torch.bool)
 
     def before(x, t, is_target, valid=None, x_self=None):   # each token its own time-table entry, and a mask
-        pos = torch.arange(L).expand(B if x.shape[0] == B else x.shape[0], L)
+        pos = torch.arange(L).expand(x.shape[0], L)
         times = torch.where(is_target, t[:, None], 1.0)
         mask = model.build_attention_mask(L, x.device, everything[:x.shape[0]])
         return dit.denoise(x, times, pos, is_target, pos, mask, x_self)

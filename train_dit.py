@@ -186,8 +186,10 @@ if latent_block and not space.vae.config.causal:
 
 def train_flops_per_token():
     """Forward and backward FLOPs of the DiT's loss per window token (a full window, cut in the
-    middle), counted on a copy of the DiT on the 'meta' device: MFU divides by what it computes."""
-    meta = copy.deepcopy(dit).to('meta')
+    middle), counted on the DiT built again on the 'meta' device (no weights copied, no RNG drawn):
+    MFU divides by what it computes."""
+    with torch.random.fork_rng(devices=[]), torch.device('meta'):
+        meta = DiT(dit_config)
     x = torch.zeros(1, block_size, space.latent_dim, device='meta')
     is_target = torch.arange(block_size, device='meta')[None] >= block_size // 2
     if latent_block:

@@ -6,11 +6,12 @@ Evaluate TextLDM, the GPT baseline and any transformers causal LM with the same 
     python eval.py config/owt.py --model=hf:gpt2-large --eval_set=wikisource,lm1b
 
 Continuation (the paper's protocol): `num_docs` documents from `eval_set`, drawn in a seeded
-order, tokenized with GPT-2's BPE and truncated to `max_doc_tokens` (0: the smallest context of
-the models in the run, so all see the same documents), are cut at a token drawn uniformly from
-those between 40% and 60% of the length. Each model continues the prompt by as many GPT-2
-tokens as the true remainder has (a model with another tokenizer samples as many of its own and
-is cut to that) and is scored against the remainder: ROUGE-1/2/L F1, BERTScore F1 (no IDF, no
+order, tokenized with the tokenizer of our models in the run (their data's: they must share it;
+GPT-2's BPE when only transformers models run) and truncated to `max_doc_tokens` (0: the smallest
+context of the models in the run, so all see the same documents), are cut at a token drawn
+uniformly from those between 40% and 60% of the length. Each model continues the prompt by as
+many of those tokens as the true remainder has (a model with another tokenizer samples as many
+of its own and is cut to that) and is scored against the remainder: ROUGE-1/2/L F1, BERTScore F1 (no IDF, no
 rescaling), MAUVE (remainders against continuations), on the embedded corpus its checker.
 Prompts go `batch_size` at once, each continued to its own length: any lengths, left-padded, for
 the GPT; for TextLDM and transformers models, prompts whose longest + longest continuation fit the
@@ -110,7 +111,8 @@ def cut_points(lengths, seed):
 
 # -----------------------------------------------------------------------------
 # The models: a dict of label, context (most prompt + continuation tokens), space (the VAE or
-# None) and generate(prompts as GPT-2 ids, lengths, torch generator) -> [(GPT-2 ids, ended)]
+# None), tokenizer (ours: the data's; None for transformers models) and generate(prompts as ids
+# of the evaluation's tokenizer, lengths, torch generator) -> [(ids, ended)]
 
 def progress(label, done, total, t0, step=1):
     if (10 * done) // total != (10 * (done - step)) // total:  # every 10%
@@ -141,19 +143,19 @@ def textldm_candidate(label, path):
     def generate(prompts, lengths, generator):
         out, t0 = [None] * len(prompts), time.time()
         for batch in batches_within(prompts, lengths, context):
-            rows = [space.vocab.from_gpt2(prompts[i]).tolist() for i in batch]
+            rows = [space.vocab.from_tokenizer(prompts[i]).tolist() for i in batch]
             ids = run(dit, space, rows, [lengths[i] for i in batch], generator=generator, **flow)
             for i, row in zip(batch, ids):
-                out[i] = (space.vocab.to_gpt2(row).tolist(), len(row) < lengths[i])
+                out[i] = (space.vocab.to_tokenizer(row).tolist(), len(row) < lengths[i])
             progress(label, len(out) - out.count(None), len(out), t0, step=len(batch))
         return out
-    return dict(label=label, context=context, space=space, generate=generate)
+    return dict(label=label, context=context, space=space, tokenizer=space.vocab.tokenizer, generate=generate)
 
 
 def in_batches(label, continue_batch, context=math.inf):
     """generate() of an autoregressive model: batches_within(..., context) prompts at once,
     left-padded, the results put back in the prompts' order. continue_batch(prompts, lengths,
-    generator) -> [(GPT-2 ids, ended)] as generate(): each row sampled to its own length (a
+    generator) -> [(ids, ended)] as generate(): each row sampled to its own length (a
     batch runs to its longest) and cut at the first <|endoftext|>."""
     def generate(prompts, lengths, generator):
         out, t0 = [None] * len(prompts), time.time()
@@ -171,58 +173,64 @@ def gpt_candidate(label, path):
     gpt.to(device)
 
     def continue_batch(prompts, lengths, generator):   # each row cut at <|endoftext|>: it ended if shorter
-        rows = sampling.gpt_continue(gpt, vocab, [vocab.from_gpt2(p).tolist() for p in prompts], lengths,
+        rows = sampling.gpt_continue(gpt, vocab, [vocab.from_tokenizer(p).tolist() for p in prompts], lengths,
                                      generator, temperature, top_k, top_p)
-        return [(vocab.to_gpt2(row).tolist(), len(row) < n) for row, n in zip(rows, lengths)]
+        return [(vocab.to_tokenizer(row).tolist(), len(row) < n) for row, n in zip(rows, lengths)]
     # any prompts share a batch: a row needs only its own prompt + continuation within the context
-    return dict(label=label, context=gpt.config.block_size, space=None, generate=in_batches(label, continue_batch))
+    return dict(label=label, context=gpt.config.block_size, space=None, tokenizer=vocab.tokenizer,
+                generate=in_batches(label, continue_batch))
 
 
 class HFModel:
-    """A transformers causal LM and how text maps to its ids: a compact vocabulary of ours
-    (config.json `textldm_vocab_ids`, the GPT-2 id of each row) or its own tokenizer."""
+    """A transformers causal LM and how the evaluation's tokens (`base`, a Tokenizer) map to its
+    ids: through a compact vocabulary of ours (config.json `textldm_vocab_ids`, the base id of each
+    row), or through text and its own tokenizer."""
 
-    def __init__(self, name, what):
+    def __init__(self, name, what, base=None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         try:
             self.model = AutoModelForCausalLM.from_pretrained(name).eval().to(device)
-            compact = getattr(self.model.config, 'textldm_vocab_ids', None)
-            self.vocab = tokenization.Vocab(compact) if compact is not None else None
+            self.vocab = tokenization.exported_vocab(self.model.config, f"the {what} '{name}'")
             self.tokenizer = None if self.vocab else AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError, KeyError) as e:
             raise SystemExit(f"cannot load the {what} '{name}' as a transformers causal LM: {e}")
+        base = base or tokenization.load('gpt2')
+        if self.vocab is not None and self.vocab.tokenizer.sha256 != base.sha256:
+            raise SystemExit(f"the {what} '{name}' reads a compact vocabulary of tokenizer={self.vocab.tokenizer.name!r}, "
+                             f"the evaluation's tokens are tokenizer={base.name!r}'s (those of the models evaluated)")
+        self.base = base
         self.eot = int(self.vocab.eot if self.vocab else self.tokenizer.eos_token_id)
         self.bos = self.eot if self.vocab or self.tokenizer.bos_token_id is None else self.tokenizer.bos_token_id
         cfg = self.model.config
         self.context = getattr(cfg, 'n_positions', None) or getattr(cfg, 'max_position_embeddings', None) or 1024
 
-    def from_gpt2(self, ids):
+    def from_base(self, ids):
         if self.vocab:
-            return self.vocab.from_gpt2(ids).tolist()
-        return self.tokenizer(tokenization.decode(ids), add_special_tokens=False)['input_ids']
+            return self.vocab.from_tokenizer(ids).tolist()
+        return self.tokenizer(self.base.decode(ids), add_special_tokens=False)['input_ids']
 
-    def to_gpt2(self, ids):
-        return self.vocab.to_gpt2(ids).tolist() if self.vocab else tokenization.encode(self.tokenizer.decode(ids))
+    def to_base(self, ids):
+        return self.vocab.to_tokenizer(ids).tolist() if self.vocab else list(self.base.encode(self.tokenizer.decode(ids)))
 
     def judged(self, ids, ended):
-        """What the judge scores of a sample (GPT-2 ids): <|endoftext|>, its text re-tokenized
+        """What the judge scores of a sample (base ids): <|endoftext|>, its text re-tokenized
         and <|endoftext|> if it ended. A compact vocabulary lacks the tokens its corpus never had;
         if the text re-tokenizes into one, the tokens as generated are scored instead."""
-        text = tokenization.decode(ids)
+        text = self.base.decode(ids)
         if self.vocab is None:
             tokens = self.tokenizer(text, add_special_tokens=False)['input_ids']
         else:
-            mapped = self.vocab.lookup[tokenization.encode(text)]
-            tokens = (mapped if (mapped >= 0).all() else self.vocab.from_gpt2(ids)).tolist()
+            mapped = self.vocab.lookup[self.base.encode(text)]
+            tokens = (mapped if (mapped >= 0).all() else self.vocab.from_tokenizer(ids)).tolist()
         return ([self.bos] + tokens + [self.eot] * ended)[:self.context]
 
 
-def hf_candidate(label, name):
-    lm = HFModel(name, 'model')
+def hf_candidate(label, name, base=None):
+    lm = HFModel(name, 'model', base)
 
     @torch.no_grad()
     def continue_batch(prompts, lengths, generator):  # generate() draws from torch's RNG, seeded per model
-        rows = [lm.from_gpt2(p) if p and p != [tokenization.EOT] else [lm.bos] for p in prompts]
+        rows = [lm.from_base(p) if p and p != [lm.base.eot] else [lm.bos] for p in prompts]
         # left-padded with an attention mask (generate() then counts positions over the real tokens);
         # the pad id is given, as a tokenizer may have none
         x, valid = sampling.pad_rows(rows, lm.eot, device, left=True)
@@ -230,26 +238,42 @@ def hf_candidate(label, name):
         y = lm.model.generate(x, attention_mask=valid.long(), max_new_tokens=max(lengths), eos_token_id=lm.eot,
                               pad_token_id=lm.eot, **(options or dict(do_sample=False)))[:, x.shape[1]:].tolist()
         return [hf_sample(lm, row[:n], n) for row, n in zip(y, lengths)]
-    # the longest prompt + continuation within the context, counted in GPT-2 tokens (another
+    # the longest prompt + continuation within the context, counted in base tokens (another
     # tokenizer may make a prompt longer: a model with a longer context than the documents' copes)
-    return dict(label=label, context=lm.context, space=None, generate=in_batches(label, continue_batch, lm.context))
+    return dict(label=label, context=lm.context, space=None, tokenizer=None,
+                generate=in_batches(label, continue_batch, lm.context))
 
 
 def hf_sample(lm, ids, n):
-    """A row of n of the model's own tokens -> (GPT-2 ids, ended): its text up to <|endoftext|>
-    in GPT-2 tokens, cut to n of them (another tokenizer may give more, or fewer)."""
+    """A row of n of the model's own tokens -> (base ids, ended): its text up to <|endoftext|>
+    in base tokens, cut to n of them (another tokenizer may give more, or fewer)."""
     kept, ended = sampling.end_of_text(ids, lm.eot)
-    return sampling.end_of_text((lm.to_gpt2(kept) + [tokenization.EOT] * ended)[:n], tokenization.EOT)
+    return sampling.end_of_text((lm.to_base(kept) + [lm.base.eot] * ended)[:n], lm.base.eot)
 
 
-def load_candidate(spec):
-    """'[LABEL=]textldm[:PATH] | gpt[:PATH] | hf:NAME' -> a model dict (see above)."""
+def parse_candidate(spec):
+    """'[LABEL=]textldm[:PATH] | gpt[:PATH] | hf:NAME' -> (label, kind, path)."""
     label, _, rest = spec.partition('=') if '=' in spec.split(':')[0] else ('', '', spec)
     kind, _, path = rest.partition(':')
     if kind in ('textldm', 'gpt') or (kind == 'hf' and path):
-        make = dict(textldm=textldm_candidate, gpt=gpt_candidate, hf=hf_candidate)[kind]
-        return make(label or rest, path or dict(textldm=dit_path, gpt=gpt_path)[kind])
+        return label or rest, kind, path or dict(textldm=dit_path, gpt=gpt_path)[kind]
     raise configurator.ConfigError(f"model: {spec!r} is not textldm[:PATH], gpt[:PATH] or hf:NAME_OR_FOLDER")
+
+
+def load_candidates(specs):
+    """The model dicts (see above), and the evaluation's Tokenizer: our models' (they must share
+    it), else GPT-2's. Ours load first: a transformers model maps from the tokens they share."""
+    parsed = [parse_candidate(s) for s in specs]
+    ours = {i: dict(textldm=textldm_candidate, gpt=gpt_candidate)[kind](label, path)
+            for i, (label, kind, path) in enumerate(parsed) if kind != 'hf'}
+    tokenizers = {c['tokenizer'].sha256: c for c in ours.values()}
+    if len(tokenizers) > 1:
+        a, b = list(tokenizers.values())[:2]
+        raise SystemExit(f"{a['label']} reads tokenizer={a['tokenizer'].name!r} tokens, {b['label']} "
+                         f"tokenizer={b['tokenizer'].name!r}'s: evaluate them in separate runs")
+    base = next(iter(tokenizers.values()))['tokenizer'] if tokenizers else tokenization.load('gpt2')
+    return [ours[i] if i in ours else hf_candidate(label, path, base)
+            for i, (label, _, path) in enumerate(parsed)], base
 
 
 # -----------------------------------------------------------------------------
@@ -331,10 +355,10 @@ def judge_nll(lm, sequences):
     return total, count
 
 
-def unconditional_metrics(samples, judge_lm):
-    """[(GPT-2 ids, ended)] -> gen-PPL (exp of the NLL per scored token, pooled over samples; not
-    in [0, 1]), mean unigram entropy of the texts' GPT-2 tokens, mean length, share of empties."""
-    ids = [tokenization.encode(tokenization.decode(sample_ids)) for sample_ids, _ in samples]
+def unconditional_metrics(samples, judge_lm, base):
+    """[(ids of the Tokenizer base, ended)] -> gen-PPL (exp of the NLL per scored token, pooled over
+    samples; not in [0, 1]), mean unigram entropy of the texts' tokens, mean length, share of empties."""
+    ids = [base.encode(base.decode(sample_ids)) for sample_ids, _ in samples]
     m = dict(entropy=float(np.mean([unigram_entropy(i) for i in ids])), uncond_tokens=float(np.mean([len(i) for i in ids])),
              uncond_empty=float(np.mean([len(i) == 0 for i in ids])))
     if judge_lm is not None:
@@ -387,24 +411,24 @@ def markdown_table(rows):
 
 
 # -----------------------------------------------------------------------------
-def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_lm, checker=False):
+def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_lm, base, checker=False):
     """One model's row and sample records on one set."""
     label, t0 = cand['label'], time.time()
     print(f"{label}: continuing {len(prompts)} prompts, then {num_uncond} unconditional samples", flush=True)
     generator = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)  # every model draws from the same seeds, whatever ran before it
     with training.autocast('cuda' if device.startswith('cuda') else 'cpu', dtype):
-        continuations = [tokenization.decode(ids) for ids, _ in cand['generate'](prompts, [len(r) for r in remainders], generator)]
+        continuations = [base.decode(ids) for ids, _ in cand['generate'](prompts, [len(r) for r in remainders], generator)]
         uncond = cand['generate']([[]] * num_uncond, [length] * num_uncond, generator) if num_uncond else []
     print(f"{label}: scoring", flush=True)
     row = continuation_metrics(continuations, references, prompt_texts, checker)
-    row.update(unconditional_metrics(uncond, judge_lm) if uncond else {})
-    if cand['space'] is not None and recon and os.path.isfile(os.path.join(data_dir, 'meta.json')):
-        data = tokenization.TokenData(data_dir, vocab=cand['space'].vocab)
-        row['vae_recon_acc'] = recon_accuracy(cand['space'], data, recon_batches, np.random.default_rng([seed, 2]))
+    row.update(unconditional_metrics(uncond, judge_lm, base) if uncond else {})
+    if cand.get('recon_data'):
+        row['vae_recon_acc'] = recon_accuracy(cand['space'], cand['recon_data'], recon_batches,
+                                              np.random.default_rng([seed, 2]))
     records = [dict(model=label, kind='continuation', doc=i, prompt=p, reference=r, continuation=c)
                for i, (p, r, c) in enumerate(zip(prompt_texts, references, continuations))]
-    records += [dict(model=label, kind='unconditional', sample=i, text=tokenization.decode(ids), ended=ended)
+    records += [dict(model=label, kind='unconditional', sample=i, text=base.decode(ids), ended=ended)
                 for i, (ids, ended) in enumerate(uncond)]
     return dict(row, seconds=time.time() - t0), records
 
@@ -422,27 +446,27 @@ def split_sets(spec):
     return sets
 
 
-def evaluate_set(name, candidates, doc_len, length, judge_lm):
+def evaluate_set(name, candidates, doc_len, length, judge_lm, base):
     """Every model on one set: (result dict of eval.json, sample records)."""
     t0 = time.time()
     print(f"eval set {name}: loading documents", flush=True)
-    full = select_documents(load_documents(name), num_docs, min_doc_tokens, seed)
+    full = select_documents(load_documents(name), num_docs, min_doc_tokens, seed, base.encode)
     if not full:
         raise SystemExit(f"eval_set={name!r} has no document of at least min_doc_tokens={min_doc_tokens} tokens")
     docs = [d[:doc_len] for d in full]
     cuts = cut_points([len(d) for d in docs], seed)
     prompts, remainders = [d[:c] for d, c in zip(docs, cuts)], [d[c:] for d, c in zip(docs, cuts)]
-    prompt_texts, references = [tokenization.decode(p) for p in prompts], [tokenization.decode(r) for r in remainders]
+    prompt_texts, references = [base.decode(p) for p in prompts], [base.decode(r) for r in remainders]
     print(f"{len(docs)} documents of <= {doc_len} tokens (mean {np.mean([len(d) for d in docs]):.0f}); "
           f"unconditional samples of {length} tokens", flush=True)
     checker = name == 'synthetic'  # the embedded corpus has a grammar and facts to check
     data_row = checker_rates(prompt_texts, references) if checker else {}
     if num_uncond:  # real documents, cut to the samples' length; they 'ended' if they fit whole
-        data_row.update(unconditional_metrics([(d[:length], len(d) <= length) for d in full[:num_uncond]], judge_lm))
+        data_row.update(unconditional_metrics([(d[:length], len(d) <= length) for d in full[:num_uncond]], judge_lm, base))
     rows, records = ({'data': data_row} if data_row else {}), []
     for cand in candidates:
         rows[cand['label']], cand_records = evaluate(cand, prompts, remainders, prompt_texts, references,
-                                                     length, judge_lm, checker)
+                                                     length, judge_lm, base, checker)
         records += [dict(r, set=name) for r in cand_records]
     result = dict(num_docs=len(docs), max_doc_tokens=doc_len, uncond_length=length, num_uncond=num_uncond,
                   judge=judge if judge_lm else None, rows=rows, seconds=time.time() - t0)
@@ -461,16 +485,19 @@ def main():
     if min_doc_tokens < 4 or num_docs < 1 or num_uncond < 0:
         raise configurator.ConfigError("min_doc_tokens must be >= 4, num_docs >= 1 and num_uncond >= 0")
     t_start = time.time()
-    candidates = [load_candidate(s.strip()) for s in model.split(',') if s.strip()]
+    candidates, base = load_candidates([s.strip() for s in model.split(',') if s.strip()])
+    for cand in candidates:  # the VAE's reconstruction on data_dir: data of its tokenizer, checked now
+        if cand['space'] is not None and recon and os.path.isfile(os.path.join(data_dir, 'meta.json')):
+            cand['recon_data'] = tokenization.TokenData(data_dir, vocab=cand['space'].vocab, vocab_of=cand['label'])
     context = min(c['context'] for c in candidates)
     doc_len, length = max_doc_tokens or context, uncond_length or context - 1
     if doc_len > context or length >= context:
         raise configurator.ConfigError(f"max_doc_tokens={doc_len} must be at most, uncond_length={length} below, "
                                  f"the smallest context of the models, {context}")
-    judge_lm = HFModel(judge, 'judge') if gen_ppl and num_uncond else None
+    judge_lm = HFModel(judge, 'judge', base) if gen_ppl and num_uncond else None
     results, records = {}, []
     for name in sets:
-        results[name], set_records = evaluate_set(name, candidates, doc_len, length, judge_lm)
+        results[name], set_records = evaluate_set(name, candidates, doc_len, length, judge_lm, base)
         records += set_records
 
     os.makedirs(out_dir, exist_ok=True)

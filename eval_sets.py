@@ -83,15 +83,15 @@ def hub_documents(name):
     return ParquetRows(paths, column)
 
 
-def select_documents(texts, n, min_tokens, seed):
-    """Up to n documents as GPT-2 ids, visited in a seeded random order of the whole set, skipping
+def select_documents(texts, n, min_tokens, seed, encode=tokenization.encode):
+    """Up to n documents as ids (encode: text -> ids; GPT-2's by default), visited in a seeded random order of the whole set, skipping
     short ones. texts: a list, or ParquetRows, read 2n rows of that order at a time."""
     docs, order = [], np.random.default_rng(seed).permutation(len(texts))
     step = 2 * max(n, 1)  # room for the short documents skipped, in few reads
     for start in range(0, len(order), step):
         chunk = order[start:start + step]
         for text in texts.take(chunk) if hasattr(texts, 'take') else [texts[i] for i in chunk]:
-            ids = tokenization.encode(text or '')  # a null row is an empty document
+            ids = list(encode(text or ''))  # a null row is an empty document
             docs += [ids] if len(ids) >= min_tokens else []
             if len(docs) == n:
                 return docs

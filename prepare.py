@@ -1,10 +1,12 @@
 """
 Turn a corpus into the token memmaps every later stage reads: data_dir/train.bin and val.bin
-(GPT-2 ids as uint16, <|endoftext|> = 50256 after every document) and data_dir/meta.json.
+(the ids of `tokenizer`, the end-of-text id after every document; uint16 while the vocabulary
+fits, else uint32) and data_dir/meta.json, which names the tokenizer for every later stage.
 
     python prepare.py config/tiny.py      # the embedded stories: offline, a few seconds
     python prepare.py config/owt.py       # OpenWebText2: downloads ~29 GB, then tokenizes it
     python prepare.py config/tiny.py --dataset=text --input='books/*.txt' --data_dir=data/books
+    python prepare.py config/owt.py --tokenizer=Qwen/Qwen3-1.7B --data_dir=data/owt_qwen3
 
 Sources (`dataset`):
     synthetic  corpus.generate_stories(synthetic_stories, synthetic_seed), see corpus.py
@@ -42,6 +44,7 @@ dtype = 'float32'
 compile = False
 seed = 1337            # the training seed; the data has its own seeds below, so it stays put
 dataset = 'synthetic'  # 'synthetic', 'text' or 'owt2'
+tokenizer = 'gpt2'     # 'gpt2' (GPT-2's BPE, offline) or a transformers tokenizer: hub name or folder
 input = ''             # text: files or globs, comma-separated; owt2: a local copy of the tar
 text_delimiter = ''    # .txt: a line equal to this separates documents ('' = one per file)
 synthetic_stories = 100_000
@@ -131,24 +134,29 @@ def download(url, path, retries):
 # Tokenizing and writing
 
 
-def tokenize(documents):
-    """Documents -> (uint16 ids with EOT after each document, tokens per document, number of
-    empty documents, which are skipped). Runs in the worker processes."""
-    encoding, eot = tokenization.get_tokenizer(), np.array([tokenization.EOT], dtype=np.uint32)
-    pieces, lengths, empty = [], [], 0
-    for text in documents:
-        if not text or text.isspace():
-            empty += 1
-            continue
-        try:  # ids straight into numpy, no Python list; disallowed_special=(): like encode_ordinary,
-            # a literal '<|endoftext|>' in a text is plain text
-            ids = encoding.encode_to_numpy(text, disallowed_special=())
-        except UnicodeEncodeError:  # lone surrogates (from JSON escapes): encode_ordinary mends them
-            ids = np.array(encoding.encode_ordinary(text), dtype=np.uint32)
-        pieces += (ids, eot)
-        lengths.append(len(ids) + 1)
-    tokens = np.concatenate(pieces).astype(np.uint16) if pieces else np.zeros(0, dtype=np.uint16)
-    return tokens, np.array(lengths, dtype=np.int64), empty
+def tokenize(documents, name):
+    """Documents -> (ids of the tokenizer `name`, with its end-of-text id after each document, in
+    its memmap dtype; tokens per document; number of empty documents, which are skipped). Runs in
+    the worker processes. A special token written in a text is plain text."""
+    tokenizer = tokenization.load(name)
+    texts = [text for text in documents if text and not text.isspace()]
+    eot = np.array([tokenizer.eot], dtype=np.uint32)
+    pieces, lengths = [], []
+    if tokenizer.hf is not None:
+        for ids in (tokenizer.encode_batch(texts) if texts else []):
+            pieces += (np.array(ids, dtype=np.uint32), eot)
+            lengths.append(len(ids) + 1)
+    else:
+        encoding = tokenization.get_tokenizer()
+        for text in texts:
+            try:  # ids straight into numpy, no Python list; disallowed_special=(): like encode_ordinary
+                ids = encoding.encode_to_numpy(text, disallowed_special=())
+            except UnicodeEncodeError:  # lone surrogates (from JSON escapes): encode_ordinary mends them
+                ids = np.array(encoding.encode_ordinary(text), dtype=np.uint32)
+            pieces += (ids, eot)
+            lengths.append(len(ids) + 1)
+    tokens = np.concatenate(pieces).astype(tokenizer.dtype) if pieces else np.zeros(0, dtype=tokenizer.dtype)
+    return tokens, np.array(lengths, dtype=np.int64), len(documents) - len(texts)
 
 
 def chunks(documents, max_docs):
@@ -166,17 +174,19 @@ def chunks(documents, max_docs):
         yield chunk
 
 
-def tokenized(chunks, num_proc):
+def tokenized(chunks, name, num_proc):
     """tokenize() over chunks, in order. At most 2 * num_proc chunks are in flight, so memory
     stays bounded however much faster the reading is than the tokenizing."""
     if num_proc <= 1:
-        yield from map(tokenize, chunks)
+        yield from (tokenize(chunk, name) for chunk in chunks)
         return
-    tokenization.get_tokenizer()  # load it once here, so that forked workers inherit it
+    tokenization.load(name)  # load it once here, so that forked workers inherit it
+    if name != 'gpt2':  # a transformers tokenizer's own threads do not survive the fork
+        os.environ['TOKENIZERS_PARALLELISM'] = 'false'
     with Pool(num_proc) as pool:
         pending = deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(tokenize, (chunk,)))
+            pending.append(pool.apply_async(tokenize, (chunk, name)))
             if len(pending) >= 2 * num_proc:
                 yield pending.popleft().get()
         while pending:
@@ -237,16 +247,18 @@ def main(argv=None):
         if os.path.exists(outputs[name]):
             os.remove(outputs[name])
     reader = Reader(cfg['text_delimiter'], cfg['max_bad_lines'])
+    tokenizer = tokenization.load(cfg['tokenizer'])  # a bad name stops here, before any reading
     try:
         documents, source = documents_of(cfg, reader)
         start = time.time()
-        results = tokenized(chunks(documents, cfg['max_docs']), cfg['num_proc'])
+        results = tokenized(chunks(documents, cfg['max_docs']), cfg['tokenizer'], cfg['num_proc'])
         n = write_splits(results, temporary, cfg['val_fraction'], cfg['split_seed'])
         elapsed = time.time() - start
         if n['train_docs'] == 0 or n['val_docs'] == 0:
             fail(f"{n['train_docs']} train and {n['val_docs']} val documents: need both "
                  f"(change val_fraction={cfg['val_fraction']} or add documents)")
-        meta = dict(tokenizer='gpt2', vocab_size=tokenization.VOCAB_SIZE, dtype='uint16', eot=tokenization.EOT,
+        meta = dict(tokenizer.describe(), vocab_size=tokenizer.vocab_size, dtype=np.dtype(tokenizer.dtype).name,
+                    eot=int(tokenizer.eot),
                     **n, bad_lines=reader.bad_lines, skipped_members=reader.skipped_members,
                     source=cfg['dataset'], **source, max_docs=cfg['max_docs'],
                     val_fraction=cfg['val_fraction'], split_seed=cfg['split_seed'])

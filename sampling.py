@@ -10,6 +10,7 @@ import torch
 
 import configurator
 import latent_space
+import tokenization
 import training
 from model import clean_estimate
 
@@ -190,9 +191,8 @@ def load_textldm(dit_path, device):
     if dit.config.latent_dim != space.latent_dim:
         raise SystemExit(f"the DiT in {dit_path} was trained on {dit.config.latent_dim}-channel latents, "
                          f"the VAE {vae_path} makes {space.latent_dim}")
-    if ckpt['model_args'].get('vocab_ids', space.vocab.state()) != space.vocab.state():
-        raise SystemExit(f"the DiT in {dit_path} was trained on latents of another vocabulary than "
-                         f"the VAE now at {vae_path}: was that file replaced?")
+    tokenization.Vocab.of(ckpt['model_args'], dit_path).check_same(
+        space.vocab, f"the DiT in {dit_path}", f"the VAE now at {vae_path}")
     return dit.to(device), space.to(device)
 
 

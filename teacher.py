@@ -48,7 +48,7 @@ class Teacher:
     nn.Module attribute of the objective, so it is neither trained, nor saved, nor wrapped by
     DDP or torch.compile."""
 
-    def __init__(self, name_or_path, layer, device, block_size):
+    def __init__(self, name_or_path, layer, device, block_size, data_tokenizer=None):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         cannot_load = lambda e: SystemExit(f"cannot load the REPA teacher '{name_or_path}': {e}\n(set "
                                            f"repa_teacher to a transformers causal LM, or None to train without REPA)")
@@ -81,35 +81,45 @@ class Teacher:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         except (OSError, ValueError, KeyError, TypeError):
             self.tokenizer = None
-        # One to one when the teacher reads GPT-2 ids (or a compact renumbering of them, as an
-        # exported tiny GPT does): then self.vocab maps GPT-2 ids to the teacher's ids.
-        self.vocab = self._token_space()
+        # One to one when the teacher reads the data's tokens (or a compact renumbering of them,
+        # as an exported tiny GPT does): then self.vocab maps the data's ids to the teacher's.
+        data_tokenizer = data_tokenizer or tokenization.load('gpt2')
+        self.vocab = self._token_space(data_tokenizer)
         self.same_tokens = self.vocab is not None
-        how = 'one to one (GPT-2 tokens)' if self.same_tokens else 'through character offsets'
+        how = (f'one to one (tokenizer={data_tokenizer.name!r})' if self.same_tokens else
+               f'through character offsets (the data is in tokenizer={data_tokenizer.name!r} tokens)')
         print(f"REPA teacher {name_or_path}: hidden {self.hidden_size}, layer {layer} (runs {layer % (depth + 1)} "
               f"of {depth} blocks, no LM head: {dropped / 1e6:.2f}M parameters dropped), aligned {how}")
 
-    def _token_space(self):
-        compact = getattr(self.config, 'textldm_vocab_ids', None)
-        if compact is not None:
-            return tokenization.Vocab(compact)
-        probe = "Hello world, it's 3.14 -- naïve café 日本語\n\n  end"
+    def _token_space(self, data_tokenizer):
+        """The teacher's ids as a Vocab of the data's tokenizer, or None: align through characters."""
+        compact = tokenization.exported_vocab(self.config, f'the REPA teacher {self.name}')
+        if compact is not None:   # a compact export of ours: no tokenizer files, only its ids
+            if compact.tokenizer.sha256 != data_tokenizer.sha256:
+                raise SystemExit(f"the REPA teacher {self.name} reads a compact vocabulary of "
+                                 f"tokenizer={compact.tokenizer.name!r}, the data is in tokenizer="
+                                 f"{data_tokenizer.name!r} tokens: use a teacher with a tokenizer of its own")
+            return compact
         if self.tokenizer is None:
-            if self.config.vocab_size != tokenization.VOCAB_SIZE:
-                raise SystemExit("the REPA teacher has no tokenizer and is not GPT-2 sized: "
-                                 "save its tokenizer in its folder")
-            return tokenization.Vocab()  # a tokenizer-less GPT-2 export: same ids as ours
-        theirs = self.tokenizer(probe, add_special_tokens=False)['input_ids']
-        return tokenization.Vocab() if theirs == tokenization.encode(probe) else None
+            if self.config.vocab_size != data_tokenizer.vocab_size:
+                raise SystemExit(f"the REPA teacher {self.name} has no tokenizer and its vocabulary "
+                                 f"({self.config.vocab_size}) is not the data's ({data_tokenizer.vocab_size}): "
+                                 f"save its tokenizer in its folder")
+            return tokenization.Vocab(tokenizer=data_tokenizer)  # a tokenizer-less export: the data's ids
+        probe = "Hello world, it's 3.14 -- naïve café 日本語\n\n  end"
+        same = (max(self.tokenizer.get_vocab().values()) + 1 == data_tokenizer.vocab_size and
+                self.tokenizer(probe, add_special_tokens=False)['input_ids'] == list(data_tokenizer.encode(probe)))
+        return tokenization.Vocab(tokenizer=data_tokenizer) if same else None
 
     def inputs(self, idx, valid, vocab):
         """CPU side, run while building the batch: the teacher's input ids and mask, and the
         alignment (rows of [batch, our position, teacher position]) when the tokenizers differ.
         idx is in the ids of `vocab` (the VAE's), padded with its end-of-text token."""
-        gpt2_ids = vocab.to_gpt2(idx.numpy())
+        ids = vocab.to_tokenizer(idx.numpy())
         if self.same_tokens:
-            return torch.from_numpy(self.vocab.from_gpt2(gpt2_ids)), valid, torch.zeros(0, 3, dtype=torch.long)
-        rows = [tokenization.align_by_characters(ids[v].tolist(), self.tokenizer) for ids, v in zip(gpt2_ids, valid.numpy())]
+            return torch.from_numpy(self.vocab.from_tokenizer(ids)), valid, torch.zeros(0, 3, dtype=torch.long)
+        rows = [tokenization.align_by_characters(row[v].tolist(), self.tokenizer, vocab.tokenizer)
+                for row, v in zip(ids, valid.numpy())]
         width = max(1, max(len(teacher_ids) for teacher_ids, _ in rows))
         if width > self.context:  # its tokenizer cut a window into more tokens than it can read
             raise SystemExit(f"a window of block_size={self.block_size} tokens is {width} tokens for "

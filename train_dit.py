@@ -165,16 +165,17 @@ dit_config = make_config('dit', size, latent_dim=space.latent_dim, block_size=bl
                          latent_block=latent_block, prediction=prediction, self_cond=self_cond)
 if init_from == 'resume':
     saved = training.load_checkpoint(f'{out_dir}/dit.pt', 'dit checkpoint to resume')['model_args']
-    if saved['latent_dim'] != space.latent_dim or saved.get('vocab_ids') != space.vocab.state():
+    tokenization.Vocab.of(saved, f'{out_dir}/dit.pt').check_same(
+        space.vocab, f"{out_dir}/dit.pt (to resume)", f"vae_path={vae_path!r}")
+    if saved['latent_dim'] != space.latent_dim:
         raise SystemExit(f"{out_dir}/dit.pt was trained on the {saved['latent_dim']}-channel latents of "
                          f"vae_path={saved.get('vae_path')!r}; vae_path={vae_path!r} makes {space.latent_dim} "
-                         f"channels{'' if saved.get('vocab_ids') == space.vocab.state() else ' of another vocabulary'}: "
-                         f"resume with the same VAE")
+                         f"channels: resume with the same VAE")
 dist_ = training.Dist(device)
 space.to(dist_.device)
 dit = DiT(dit_config)
 ema = copy.deepcopy(dit).to(dist_.device).requires_grad_(False)
-model_args = {**dataclasses.asdict(dit_config), 'vae_path': vae_path, 'vocab_ids': space.vocab.state()}
+model_args = {**dataclasses.asdict(dit_config), 'vae_path': vae_path, **space.vocab.state()}
 training.print0(dist_, f"DiT '{size}': {dit.num_params() / 1e6:.2f}M parameters on "
                      f"{space.latent_dim}-channel latents of {vae_path}")
 # Cola trains on [context | clean target | noisy copy]: n_noisy more tokens per window than TextLDM.

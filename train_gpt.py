@@ -82,7 +82,7 @@ gpt = GPT(gpt_config)
 gpt.checkpointing = activation_checkpointing
 training.print0(dist_, f"GPT '{size}': {gpt.num_params() / 1e6:.2f}M parameters")
 objective = training.train(config, 'gpt', NextTokenObjective(gpt), batch_fn, dist_,
-                         {**dataclasses.asdict(gpt_config), 'vocab_ids': data.vocab.state()},
+                         {**dataclasses.asdict(gpt_config), **data.vocab.state()},
                          flops_per_token=gpt.flops_per_token(block_size))
 if dist_.master and export_dir:
     # written beside, then swapped in: a kill never leaves a half-written teacher folder

@@ -157,9 +157,9 @@ if repa_layer:
 vae_config = make_config('vae', size, **overrides)
 vae = TextVAE(vae_config)
 vae.checkpointing = activation_checkpointing
-teacher = Teacher(repa_teacher, repa_teacher_layer, dist_.device, block_size) if repa_teacher else None
+teacher = Teacher(repa_teacher, repa_teacher_layer, dist_.device, block_size, data.tokenizer) if repa_teacher else None
 projector = Projector(vae_config.n_embd, projector_dim, teacher.hidden_size) if teacher else None
-model_args = {**dataclasses.asdict(vae_config), 'vocab_ids': data.vocab.state(), 'projector_dim': projector_dim,
+model_args = {**dataclasses.asdict(vae_config), **data.vocab.state(), 'projector_dim': projector_dim,
               'teacher_hidden': teacher.hidden_size if teacher else None}
 if init_from == 'resume':
     saved = training.load_checkpoint(f'{out_dir}/vae.pt', 'vae checkpoint to resume')['model_args']

@@ -277,6 +277,8 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
 
     if cfg['init_from'] == 'resume':
         ckpt = load_checkpoint(ckpt_path, f"{stage} checkpoint to resume")
+        Vocab.of(ckpt['model_args'], ckpt_path).check_same(Vocab.of(model_args, 'this run'), f"{ckpt_path} (to resume)",
+                                                           f"this run's data_dir={cfg.get('data_dir')!r}")
         raw.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         scaler.load_state_dict(ckpt['scaler'])
@@ -430,4 +432,4 @@ def load_model(path, kind, ema=False):
     state = ckpt['ema'] if ema else {k[len(kind) + 1:]: v for k, v in ckpt['model'].items()
                                      if k.startswith(kind + '.')}
     net.load_state_dict(state)
-    return net.eval(), Vocab(ckpt['model_args'].get('vocab_ids')), ckpt
+    return net.eval(), Vocab.of(ckpt['model_args'], path), ckpt

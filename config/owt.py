@@ -17,6 +17,18 @@ seed = 1337
 
 # data
 dataset = 'owt2'
+# The tokenizer: every later stage reads it from data_dir/meta.json. Two choices:
+#  'gpt2' (ours; the default): GPT-2's BPE, as the GPT-2 baseline reads; uint16 memmaps (2 bytes a
+#    token). The REPA teacher below has its own tokenizer: aligned through character offsets.
+#    Vocabulary-sized matrices: VAE 102.9M (embedding + head) of 357.1M; GPT 64.3M (tied) of 774.0M.
+#  'Qwen/Qwen3-1.7B' (the paper's setting, as its "223M of embeddings and LM head" suggests): the
+#    teacher's own tokenizer, so REPA aligns token for token; 151,669 ids, so uint32 memmaps (4
+#    bytes a token: twice GPT-2's per token; Qwen3's tokenizer makes fewer tokens of a text, by how
+#    much on OpenWebText2 is unmeasured). VAE 310.6M of 564.8M; GPT 194.1M of 903.8M: a GPT
+#    baseline of that tokenizer is not GPT-2 Large's size any more. Use its own data_dir
+#    (data/owt_qwen3): checkpoints and data of two tokenizers refuse to mix.
+#    (sizes: model.py presets 'paper' and 'gpt2-large' built on the meta device)
+tokenizer = 'gpt2'
 num_proc = 16
 val_fraction = 0.0005  # (ours) ~8.5K documents held out, by a seeded draw per document
 max_bad_lines = 1000

@@ -113,7 +113,7 @@ def test_gen_ppl_equals_a_manual_computation(tiny_judge):
             logp = torch.log_softmax(tiny_judge.model(torch.tensor([ids])).logits[0].double(), -1)
             nll -= sum(logp[t, ids[t + 1]].item() for t in range(len(ids) - 1))
             count += len(ids) - 1
-    metrics = ev.unconditional_metrics(samples, tiny_judge)
+    metrics = ev.unconditional_metrics(samples, tiny_judge, tokenization.load('gpt2'))
     assert metrics['gen_ppl'] == pytest.approx(math.exp(nll / count), rel=1e-5)
     assert metrics['uncond_empty'] == pytest.approx(1 / 3)
     entropies = [ev.unigram_entropy(tokenization.encode(t)) for t, _ in texts]
@@ -131,10 +131,10 @@ def test_compact_vocabulary_judge_maps_gpt2_ids(tmp_path):
     judge = ev.HFModel(str(tmp_path), 'judge')
     assert judge.eot == judge.bos == vocab.eot
     ids = tokenization.encode(text)
-    assert judge.judged(ids, ended=True) == [vocab.eot, *vocab.from_gpt2(ids).tolist(), vocab.eot]
-    assert judge.judged(split, ended=False) == [vocab.eot, *vocab.from_gpt2(split).tolist()]  # as generated
-    assert judge.to_gpt2(judge.from_gpt2(ids)) == ids
-    assert math.isfinite(ev.unconditional_metrics([(ids, True), ([], True), (split, False)], judge)['gen_ppl'])
+    assert judge.judged(ids, ended=True) == [vocab.eot, *vocab.from_tokenizer(ids).tolist(), vocab.eot]
+    assert judge.judged(split, ended=False) == [vocab.eot, *vocab.from_tokenizer(split).tolist()]  # as generated
+    assert judge.to_base(judge.from_base(ids)) == ids
+    assert math.isfinite(ev.unconditional_metrics([(ids, True), ([], True), (split, False)], judge, tokenization.load('gpt2'))['gen_ppl'])
 
 
 def test_hf_model_with_another_tokenizer(tmp_path):
@@ -144,7 +144,7 @@ def test_hf_model_with_another_tokenizer(tmp_path):
     candidate = ev.hf_candidate('llama', folder)
     texts = ["Mia had 3 apples.", "Quartz jinx vows.", "Tom went to the park."]  # 6 GPT-2 tokens each
     lm = ev.HFModel(folder, 'model')
-    assert len({len(lm.from_gpt2(tokenization.encode(t))) for t in texts}) > 1
+    assert len({len(lm.from_base(tokenization.encode(t))) for t in texts}) > 1
     torch.manual_seed(0)
     out = candidate['generate']([tokenization.encode(t) for t in texts] + [[]], [4, 9, 7, 5], None)
     for (ids, ended), n in zip(out, [4, 9, 7, 5]):
@@ -203,9 +203,9 @@ def test_unconditional_samples_start_from_an_empty_prompt(monkeypatch):
         return [([5, 6], False) for _ in prompts]
     monkeypatch.setattr(ev, 'num_uncond', 3)
     monkeypatch.setattr(ev, 'continuation_metrics', lambda *a: {})
-    monkeypatch.setattr(ev, 'unconditional_metrics', lambda samples, judge: {'n': len(samples)})
+    monkeypatch.setattr(ev, 'unconditional_metrics', lambda samples, judge, base: {'n': len(samples)})
     cand = dict(label='m', space=None, generate=generate)
-    row, _ = ev.evaluate(cand, [[1, 2]], [[3]], ['a'], ['b'], 7, None)
+    row, _ = ev.evaluate(cand, [[1, 2]], [[3]], ['a'], ['b'], 7, None, tokenization.load('gpt2'))
     assert calls[1] == ([[], [], []], [7, 7, 7]) and row['n'] == 3
 
 

@@ -49,10 +49,14 @@ def configure(defaults, stage, argv=None):
 
     Returns the resolved config as a dict (what goes into checkpoints). Strings containing
     {out_dir} or {data_dir} are formatted after all overrides, so derived paths follow them.
+    Keys: the module's globals of those types, except _private and UPPER_CASE constants.
+    The defaults are remembered at the first call (in defaults['_defaults']), so a script's main()
+    called again in the same process starts from them, not from the last run's values.
     """
     argv = sys.argv[1:] if argv is None else argv
-    known = {k: v for k, v in defaults.items()
-             if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None), tuple, list))}
+    known = defaults.setdefault('_defaults', {
+        k: v for k, v in defaults.items()
+        if not k.startswith('_') and not k.isupper() and isinstance(v, (int, float, bool, str, type(None), tuple, list))})
     updates = {}  # key -> (priority, value)
 
     def apply(key, value, priority, strict):

@@ -58,7 +58,6 @@ owt2_url = 'https://huggingface.co/datasets/segyges/OpenWebText2/resolve/main/op
 download_path = '{data_dir}/openwebtext2.jsonl.zst.tar'
 download_retries = 20
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, str))}
 OUTPUTS = ('train.bin', 'val.bin', 'meta.json')
 CHUNK_CHARS = 1 << 20  # documents are sent to the tokenizer processes in ~1 MB chunks
 
@@ -237,7 +236,7 @@ def documents_of(cfg, reader):
 
 
 def main(argv=None):
-    cfg = configurator.configure(dict(DEFAULTS), 'prepare', argv)
+    cfg = configurator.configure(globals(), 'prepare', argv)
     if not 0 <= cfg['val_fraction'] < 1:
         fail(f"val_fraction={cfg['val_fraction']} must be in [0, 1)")
     os.makedirs(cfg['data_dir'], exist_ok=True)

@@ -533,8 +533,20 @@ def configure(tmp_path, file_text, *argv, stage='vae'):
     path.write_text(file_text)
     defaults = dict(DEFAULTS)
     config = configurator.configure(defaults, stage, [str(path), *argv])
-    assert defaults == config  # applied to the script's globals in place
+    assert {k: v for k, v in defaults.items() if k != '_defaults'} == config  # applied to the globals in place
     return config
+
+
+def test_configure_again_starts_from_the_defaults(tmp_path):
+    """A script's main() called twice in one process (tests, notebooks): the second run does not
+    inherit the first one's values; constants (UPPER_CASE) and _private names are not keys."""
+    script = dict(DEFAULTS, CHUNK=4, _cache=None)
+    assert configurator.configure(script, 'vae', ['--max_iters=5'])['max_iters'] == 5 and script['max_iters'] == 5
+    config = configurator.configure(script, 'vae', ['--out_dir=o'])
+    assert config['max_iters'] == 1 and config['teacher'] == 'o/teacher' and 'CHUNK' not in config
+    for bad in ('--CHUNK=1', '--_cache=1'):
+        with pytest.raises(SystemExit, match='unknown key'):
+            configurator.configure(script, 'vae', [bad])
 
 
 def test_configure_precedence(tmp_path):

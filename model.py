@@ -658,50 +658,11 @@ class GPT(nn.Module):
         self.checkpointing = False   # activation checkpointing in training (set by train_gpt.py)
         init_gpt_style(self, config.n_layer)
 
-    def _causal_mask(self, T, past, device):
-        """None for a fresh sequence (SDPA's is_causal); else (T, past + T): new token i sees
-        every cached token and the new tokens up to itself."""
-        if past == 0:
-            return None
-        return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
-
-    def _padded_mask(self, valid, T):
-        """(B, 1, T, L) bool for the last T of L tokens, valid (B, L) saying which are real: each
-        sees the real tokens up to itself. A padding token sees itself alone: SDPA may give NaN for
-        a query with no key (it depends on the torch version and kernel), and a NaN value would
-        reach the real tokens even at attention weight 0."""
-        L = valid.size(1)
-        key = torch.arange(L, device=valid.device)
-        query = key[L - T:, None]
-        return ((key <= query) & (valid[:, None, :] | (key == query)))[:, None]
-
     def forward(self, idx, targets=None, kv_cache=None, valid=None):
-        """idx: (B, T) long; targets: (B, T) long, -1 = ignore.
-
-        kv_cache: a KVCache holding the earlier tokens (it is extended in place): idx continues them.
-        valid: (B, T) bool, False = padding (generate() left-pads prompts of different lengths):
-        padding is never attended to and a token's position counts only the real tokens of its
-        row, so a padded row gets the logits it gets alone. The cache remembers the padding.
-        Returns logits (B, T, V) and the fp32 mean cross-entropy (None without targets).
-        """
-        B, T = idx.shape
-        start = 0 if kv_cache is None else kv_cache.seq_len()
-        past_valid = None if kv_cache is None else kv_cache.valid
-        seen = None   # which of all tokens so far, cached and new, are real; None: all of them
-        if valid is None and past_valid is None:   # no padding (training): SDPA's is_causal when fresh
-            pos, mask = torch.arange(start, start + T, device=idx.device), self._causal_mask(T, start, idx.device)
-        else:
-            real = lambda n: torch.ones(B, n, dtype=torch.bool, device=idx.device)
-            seen = torch.cat([real(start) if past_valid is None else past_valid,
-                              real(T) if valid is None else valid.bool()], dim=1)
-            pos, mask = positions(seen)[:, start:], self._padded_mask(seen, T)
-        longest = start + T
-        if seen is not None and longest > self.config.block_size:   # padding takes no position:
-            longest = int(seen.sum(dim=1).max())                    # count (a device sync) when it matters
-        if longest > self.config.block_size:
-            raise ValueError(f"positions up to {longest} exceed block_size {self.config.block_size}")
-        if seen is not None and kv_cache is not None:
-            kv_cache.valid = seen
+        """idx: (B, T) long; targets: (B, T) long, -1 = ignore. kv_cache and valid: generation
+        only (see _positions_and_mask). Returns logits (B, T, V) and the fp32 mean cross-entropy
+        (None without targets)."""
+        pos, mask = self._positions_and_mask(idx, kv_cache, valid)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         x = self.transformer.drop(x.to(autocast_dtype(x)))
         for i, block in enumerate(self.transformer.h):
@@ -712,6 +673,34 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                    ignore_index=-1)
         return logits, loss
+
+    def _positions_and_mask(self, idx, kv_cache, valid):
+        """Positions (T,) or (B, T) of idx's tokens, and the attention mask (None: SDPA's is_causal).
+        kv_cache: a KVCache holding the earlier tokens (it is extended in place): idx continues them.
+        valid: (B, T) bool, False = padding (generate() left-pads prompts of different lengths):
+        padding is never attended to and a token's position counts only the real tokens of its
+        row, so a padded row gets the logits it gets alone. The cache remembers the padding."""
+        B, T = idx.shape
+        start = 0 if kv_cache is None else kv_cache.seq_len()
+        past_valid = None if kv_cache is None else kv_cache.valid
+        if valid is None and past_valid is None:   # no padding (training): is_causal when fresh
+            if start + T > self.config.block_size:
+                raise ValueError(f"positions up to {start + T} exceed block_size {self.config.block_size}")
+            mask = None if start == 0 else torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(start)
+            return torch.arange(start, start + T, device=idx.device), mask
+        real = lambda n: torch.ones(B, n, dtype=torch.bool, device=idx.device)
+        seen = torch.cat([real(start) if past_valid is None else past_valid,       # which of all tokens
+                          real(T) if valid is None else valid.bool()], dim=1)      # so far are real
+        if start + T > self.config.block_size and int(seen.sum(dim=1).max()) > self.config.block_size:
+            # padding takes no position: count (a device sync) only when it matters
+            raise ValueError(f"positions up to {int(seen.sum(dim=1).max())} exceed block_size {self.config.block_size}")
+        if kv_cache is not None:
+            kv_cache.valid = seen
+        # each sees the real tokens up to itself. A padding token sees itself alone: SDPA may give
+        # NaN for a query with no key, and a NaN value would reach real tokens even at weight 0.
+        key = torch.arange(start + T, device=idx.device)
+        query = key[start:, None]
+        return positions(seen)[:, start:], ((key <= query) & (seen[:, None, :] | (key == query)))[:, None]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, valid=None):

@@ -5,7 +5,6 @@ the tracing, the same for every backend.
 
 Run: python -m pytest tests/test_compile.py -q   (CPU, ~1 min on 2 cores)
 """
-import functools
 import os
 import runpy
 import sys

@@ -312,7 +312,7 @@ def test_gpt_padded_rows_get_their_unpadded_logits_at_every_step():
     batched += [model(steps[:, [s]], kv_cache=cache)[0][:, -1] for s in range(steps.size(1))]
     assert torch.equal(cache.valid, torch.cat([valid, torch.ones_like(steps, dtype=torch.bool)], dim=1))
     # every query, padding too, has a key: some SDPA kernels give NaN for one without (torch 2.13's give 0)
-    assert model._padded_mask(valid, valid.size(1)).any(dim=-1).all()
+    assert model._positions_and_mask(idx, None, valid)[1].any(dim=-1).all()
     for b, row in enumerate(rows):
         alone_cache = KVCache(model.config.n_layer)
         alone = [model(torch.tensor([row]), kv_cache=alone_cache)[0][0, -1]]

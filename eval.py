@@ -20,7 +20,9 @@ in which random numbers are drawn.
 Unconditional: `num_uncond` samples of `uncond_length` tokens from an empty prompt: an
 autoregressive model continues a lone <|endoftext|> (a document from its start, what GPT-2 does
 from nothing), TextLDM takes its dropped-context path (the one classifier-free guidance
-trained); scored by generative perplexity under the `judge` LM, always with the unigram entropy.
+trained); scored by generative perplexity under the `judge` LM, always with the unigram entropy
+and the mean length in tokens (a sample's unigram entropy grows with its length: a model whose
+samples end sooner has a lower entropy; compare the two together).
 The 'data' row scores real documents cut to that length, and the true remainders: the reference.
 
 End-of-text policy, the same for every model: a model generates the requested number of tokens
@@ -397,7 +399,8 @@ def recon_accuracy(space, data, batches, rng):
 COLUMNS = [('rouge1', 'R-1', 100), ('rouge2', 'R-2', 100), ('rougeL', 'R-L', 100), ('bertscore', 'BERTScore', 100),
            ('mauve', 'MAUVE', 100), ('check_grammar', 'grammar %', 100), ('check_all_parse', 'all parse %', 100),
            ('check_consistency', 'consistent %', 100), ('check_score', 'check score %', 100),
-           ('gen_ppl', 'gen-PPL', 1), ('entropy', 'entropy', 1), ('uncond_empty', 'empty %', 100),
+           ('gen_ppl', 'gen-PPL', 1), ('entropy', 'entropy', 1), ('uncond_tokens', 'uncond tokens', 1),
+           ('uncond_empty', 'empty %', 100),
            ('vae_recon_acc', 'VAE recon %', 100)]
 
 

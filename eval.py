@@ -188,7 +188,7 @@ class HFModel:
     ids: through a compact vocabulary of ours (config.json `textldm_vocab_ids`, the base id of each
     row), or through text and its own tokenizer."""
 
-    def __init__(self, name, what, base=None):
+    def __init__(self, name, what, base):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         try:
             self.model = AutoModelForCausalLM.from_pretrained(name).eval().to(device)
@@ -196,7 +196,6 @@ class HFModel:
             self.tokenizer = None if self.vocab else AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError, KeyError) as e:
             raise SystemExit(f"cannot load the {what} '{name}' as a transformers causal LM: {e}")
-        base = base or tokenization.load('gpt2')
         if self.vocab is not None and self.vocab.tokenizer.sha256 != base.sha256:
             raise SystemExit(f"the {what} '{name}' reads a compact vocabulary of tokenizer={self.vocab.tokenizer.name!r}, "
                              f"the evaluation's tokens are tokenizer={base.name!r}'s (those of the models evaluated)")
@@ -227,7 +226,7 @@ class HFModel:
         return ([self.bos] + tokens + [self.eot] * ended)[:self.context]
 
 
-def hf_candidate(label, name, base=None):
+def hf_candidate(label, name, base):
     lm = HFModel(name, 'model', base)
 
     @torch.no_grad()

@@ -129,9 +129,7 @@ class Tokenizer:
 
     def encode(self, text):
         """Text -> ids. Special tokens written in the text are ordinary text (as encode_ordinary)."""
-        if self.hf is None:
-            return encode(text)
-        return self.hf(text, add_special_tokens=False, split_special_tokens=True)['input_ids']
+        return encode(text) if self.hf is None else self.encode_batch([text])[0]
 
     def encode_batch(self, texts):
         if self.hf is None:

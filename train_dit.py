@@ -165,8 +165,6 @@ dit_config = make_config('dit', size, latent_dim=space.latent_dim, block_size=bl
                          latent_block=latent_block, prediction=prediction, self_cond=self_cond)
 if init_from == 'resume':
     saved = training.load_checkpoint(f'{out_dir}/dit.pt', 'dit checkpoint to resume')['model_args']
-    tokenization.Vocab.of(saved, f'{out_dir}/dit.pt').check_same(
-        space.vocab, f"{out_dir}/dit.pt (to resume)", f"vae_path={vae_path!r}")
     if saved['latent_dim'] != space.latent_dim:
         raise SystemExit(f"{out_dir}/dit.pt was trained on the {saved['latent_dim']}-channel latents of "
                          f"vae_path={saved.get('vae_path')!r}; vae_path={vae_path!r} makes {space.latent_dim} "

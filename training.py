@@ -277,8 +277,9 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
 
     if cfg['init_from'] == 'resume':
         ckpt = load_checkpoint(ckpt_path, f"{stage} checkpoint to resume")
+        this_run = ', '.join(f"{k}={cfg[k]!r}" for k in ('data_dir', 'vae_path') if k in cfg)
         Vocab.of(ckpt['model_args'], ckpt_path).check_same(Vocab.of(model_args, 'this run'), f"{ckpt_path} (to resume)",
-                                                           f"this run's data_dir={cfg.get('data_dir')!r}")
+                                                           f"this run ({this_run})")
         raw.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         scaler.load_state_dict(ckpt['scaler'])

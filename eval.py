@@ -51,6 +51,7 @@ import torch.nn.functional as F
 import configurator
 import corpus
 import documents
+import export
 import sampling
 import tokenization
 import training
@@ -139,7 +140,7 @@ def batches_within(prompts, lengths, context=math.inf):
 
 def textldm_candidate(label, path):
     dit, space = sampling.load_textldm(path, device)
-    run, flow = sampling.continuation(dit, sampling.flow_options(globals()), steps_per_block)
+    run, flow = sampling.continuation(dit, globals())
     context = min(dit.config.block_size, space.block_size)
 
     def generate(prompts, lengths, generator):
@@ -176,7 +177,7 @@ def gpt_candidate(label, path):
 
     def continue_batch(prompts, lengths, generator):   # each row cut at <|endoftext|>: it ended if shorter
         rows = sampling.gpt_continue(gpt, vocab, [vocab.from_tokenizer(p).tolist() for p in prompts], lengths,
-                                     generator, temperature, top_k, top_p)
+                                     generator, **sampling.autoregressive_options(globals()))
         return [(vocab.to_tokenizer(row).tolist(), len(row) < n) for row, n in zip(rows, lengths)]
     # any prompts share a batch: a row needs only its own prompt + continuation within the context
     return dict(label=label, context=gpt.config.block_size, space=None, tokenizer=vocab.tokenizer,
@@ -192,7 +193,7 @@ class HFModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         try:
             self.model = AutoModelForCausalLM.from_pretrained(name).eval().to(device)
-            self.vocab = tokenization.exported_vocab(self.model.config, f"the {what} '{name}'")
+            self.vocab = export.exported_vocab(self.model.config, f"the {what} '{name}'")
             self.tokenizer = None if self.vocab else AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError, KeyError) as e:
             raise SystemExit(f"cannot load the {what} '{name}' as a transformers causal LM: {e}")
@@ -235,9 +236,10 @@ def hf_candidate(label, name, base):
         # left-padded with an attention mask (generate() then counts positions over the real tokens);
         # the pad id is given, as a tokenizer may have none
         x, valid = sampling.pad_rows(rows, lm.eot, device, left=True)
-        options = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0 else {}
+        options = sampling.autoregressive_options(globals())
+        options = dict(do_sample=True, **options) if options['temperature'] > 0 else dict(do_sample=False)
         y = lm.model.generate(x, attention_mask=valid.long(), max_new_tokens=max(lengths), eos_token_id=lm.eot,
-                              pad_token_id=lm.eot, **(options or dict(do_sample=False)))[:, x.shape[1]:].tolist()
+                              pad_token_id=lm.eot, **options)[:, x.shape[1]:].tolist()
         return [hf_sample(lm, row[:n], n) for row, n in zip(y, lengths)]
     # the longest prompt + continuation within the context, counted in base tokens (another
     # tokenizer may make a prompt longer: a model with a longer context than the documents' copes)
@@ -478,7 +480,7 @@ def evaluate_set(name, candidates, doc_len, length, judge_lm, base):
 def main():
     config = configurator.configure(globals(), 'eval')
     training.check_precision(device, dtype)
-    sampling.flow_options(config)   # the sampler's keys, checked before any model loads
+    sampling.flow_options(config), sampling.autoregressive_options(config)   # the sampler's keys, checked before any model loads
     sets = split_sets(eval_set)
     for name in sets or ['']:
         if not (name in ('synthetic', *HUB_SETS) or name.startswith('file:')):

@@ -635,9 +635,6 @@ def flow_matching_loss(dit, x_data, t, is_target, valid=None, noise=None, self_c
 # -----------------------------------------------------------------------------
 # Baseline: GPT-2 (same weights and logits as transformers' GPT2LMHeadModel)
 
-# GPT-2 stores these as Conv1D with weight (in, out); nn.Linear wants (out, in).
-_CONV1D_SUFFIXES = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-
 class GPT(nn.Module):
     """Decoder-only Transformer LM. idx (B, T) -> logits (B, T, V)."""
 
@@ -728,24 +725,6 @@ class GPT(nn.Module):
             # the cache keeps the prompts' padding; the new token is real if its row asked for it
             valid = (wanted > step)[:, None] if step >= min(counts) else None
         return idx
-
-    def save_pretrained(self, path, eos_token_id=50256):
-        """Write a transformers GPT-2 folder (config + weights) that GPT2LMHeadModel loads."""
-        from transformers import GPT2Config, GPT2LMHeadModel
-        cfg = self.config
-        if not cfg.bias:
-            raise ValueError("GPT-2 checkpoints need bias=True")
-        hf_config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                               n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function='gelu_new',
-                               layer_norm_epsilon=1e-5, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-                               attn_pdrop=cfg.dropout, tie_word_embeddings=True,
-                               bos_token_id=eos_token_id, eos_token_id=eos_token_id)
-        hf_model = GPT2LMHeadModel(hf_config)
-        target = hf_model.state_dict()
-        with torch.no_grad():
-            for key, param in self.state_dict().items():
-                target[key].copy_(param.t() if key.endswith(_CONV1D_SUFFIXES) else param)
-        hf_model.save_pretrained(path)
 
     def num_params(self, non_embedding=True):
         """Parameter count; non_embedding drops the position table (wte is also the output

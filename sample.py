@@ -15,7 +15,7 @@ import torch
 import configurator
 import sampling
 import training
-from sampling import check_lengths, continuation, flow_options, gpt_continue, load_textldm
+from sampling import autoregressive_options, continuation, flow_options, gpt_continue, load_textldm
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `sample_key` in a config file is ours alone)
@@ -36,10 +36,18 @@ globals().update(sampling.SAMPLER)  # the sampler's keys (steps, cfg_scale, reno
 # -----------------------------------------------------------------------------
 
 
+def check_lengths(prompt_len, new_tokens, limits):
+    """Stop with a clear message if the prompt + new tokens overrun a context: limits = [(name, tokens)]."""
+    for name, limit in limits:
+        if prompt_len + new_tokens > limit:
+            raise SystemExit(f"prompt of {prompt_len} tokens + {new_tokens} new tokens exceeds the "
+                             f"{name}'s context of {limit} tokens: shorten the prompt or max_new_tokens")
+
+
 def main():
     config = configurator.configure(globals(), 'sample')
     training.check_precision(device, dtype)
-    flow = flow_options(config)
+    flow_options(config), autoregressive_options(config)   # the sampler's keys, checked before any work
     text = prompt
     if text.startswith('FILE:'):
         with open(text[5:], encoding='utf-8') as f:
@@ -52,7 +60,7 @@ def main():
         vocab, prompt_ids = space.vocab, space.vocab.encode(text).tolist()
         check_lengths(len(prompt_ids), max_new_tokens, [('DiT', dit.config.block_size)])
         check_lengths(len(prompt_ids), 0, [('VAE', space.block_size)])
-        continue_fn, flow = continuation(dit, flow, steps_per_block)
+        continue_fn, flow = continuation(dit, config)
         if dit.config.latent_block:   # block by block: sample 0 is printed as each block is decoded
             print(f"Cola, blocks of {dit.config.latent_block} latents; sample 0 as decoded:\n{text}", end='')
             stream = dict(on_text=lambda new: print(vocab.decode(new[0]), end='', flush=True))
@@ -64,7 +72,7 @@ def main():
         prompt_ids = vocab.encode(text).tolist()
         check_lengths(max(1, len(prompt_ids)), max_new_tokens, [('GPT', gpt.config.block_size)])
         run = lambda: gpt_continue(gpt, vocab, [prompt_ids] * num_samples, [max_new_tokens] * num_samples,
-                                   generator=generator, temperature=temperature, top_k=top_k, top_p=top_p)
+                                   generator=generator, **autoregressive_options(config))
     else:
         raise configurator.ConfigError(f"model={model!r}: 'textldm' or 'gpt'")
     t0 = time.time()

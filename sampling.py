@@ -156,14 +156,16 @@ def textldm_continue(dit, space, prompts, lengths, generator=None, **flow):
     return [end_of_text(row[:n].tolist(), space.vocab.eot)[0] for row, n in zip(ids, lengths)]
 
 
-def continuation(dit, flow, steps_per_block):
-    """How this DiT continues prompts, and with which keywords: all tokens at once (TextLDM), or
-    block by block, steps_per_block ODE steps each, if it was trained block-causally (cola.py).
-    Either function takes (dit, space, prompts, lengths, generator=..., **flow)."""
+def continuation(dit, cfg):
+    """How this DiT continues prompts, and with which keywords (from cfg, a config holding the
+    sampler's keys): all tokens at once (TextLDM), or block by block, steps_per_block ODE steps
+    each, if it was trained block-causally (cola.py). Either function takes
+    (dit, space, prompts, lengths, generator=..., **flow)."""
+    flow = flow_options(cfg)
     if not dit.config.latent_block:
         return textldm_continue, flow
     from cola import cola_continue   # cola.py builds on this file
-    return cola_continue, dict(flow, steps=steps_per_block)
+    return cola_continue, dict(flow, steps=cfg['steps_per_block'])
 
 
 def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, top_k=0, top_p=1.0):
@@ -213,8 +215,10 @@ def flow_options(cfg):
                 ode_dtype=getattr(torch, ode_dtype), renoise=renoise)
 
 
-def check_lengths(prompt_len, new_tokens, limits):
-    for name, limit in limits:
-        if prompt_len + new_tokens > limit:
-            raise SystemExit(f"prompt of {prompt_len} tokens + {new_tokens} new tokens exceeds the "
-                             f"{name}'s context of {limit} tokens: shorten the prompt or max_new_tokens")
+def autoregressive_options(cfg):
+    """gpt_continue's keywords (temperature, top_k, top_p) from a config holding the sampler's keys, checked."""
+    temperature, top_k, top_p = cfg['temperature'], cfg['top_k'], cfg['top_p']
+    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise configurator.ConfigError(f"temperature={temperature}, top_k={top_k}, top_p={top_p}: "
+                                       f"temperature >= 0 (0 = greedy), top_k >= 0 (0 = off), 0 < top_p <= 1 (1 = off)")
+    return dict(temperature=temperature, top_k=top_k, top_p=top_p)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import export
 import tokenization
 from configurator import ConfigError
 
@@ -93,7 +94,7 @@ class Teacher:
 
     def _token_space(self, data_tokenizer):
         """The teacher's ids as a Vocab of the data's tokenizer, or None: align through characters."""
-        compact = tokenization.exported_vocab(self.config, f'the REPA teacher {self.name}')
+        compact = export.exported_vocab(self.config, f'the REPA teacher {self.name}')
         if compact is not None:   # a compact export of ours: no tokenizer files, only its ids
             if compact.tokenizer.sha256 != data_tokenizer.sha256:
                 raise SystemExit(f"the REPA teacher {self.name} reads a compact vocabulary of "

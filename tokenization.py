@@ -1,8 +1,7 @@
 """
 Tokens: the data's tokenizer (GPT-2's BPE offline, or any transformers tokenizer), the vocabulary
-a model works in (all of the tokenizer's ids, or the ids its data uses), the token memmaps
-prepare.py writes, and the tokenizer a transformers folder of ours carries (an exported GPT is a
-complete folder: a REPA teacher, a judge, any transformers tool).
+a model works in (all of the tokenizer's ids, or the ids its data uses), and the token memmaps
+prepare.py writes, read as training windows.
 """
 import codecs
 import hashlib
@@ -160,7 +159,7 @@ class Tokenizer:
         as <0xHH>; added and special tokens are their text."""
         decoder = json.loads(self.hf.backend_tokenizer.to_str()).get('decoder') or {}
         byte_level = 'ByteLevel' in json.dumps(decoder)
-        from_unicode = {c: b for b, c in _byte_to_unicode().items()}
+        from_unicode = {c: b for b, c in byte_to_unicode().items()}
         added = set(self.hf.all_special_ids) | set(self.hf.added_tokens_decoder)
         table = [b''] * self.vocab_size
         for piece, i in self.hf.get_vocab().items():
@@ -185,8 +184,9 @@ def load(name='gpt2'):
 
 
 def recorded(record, where):
-    """The Tokenizer a meta.json or a checkpoint's model_args names (before issue 17: GPT-2),
-    checked to be the one it was: a hub tokenizer updated since, or a folder replaced, is refused."""
+    """The Tokenizer a meta.json or a checkpoint's model_args names (GPT-2's if it names none: it
+    was written when GPT-2's was the only one), checked to be the one it was: a hub tokenizer
+    updated since, or a folder replaced, is refused."""
     tokenizer = load(record.get('tokenizer', 'gpt2'))
     if record.get('tokenizer_sha256', tokenizer.sha256) != tokenizer.sha256:
         raise SystemExit(f"{where} was made with tokenizer={tokenizer.name!r} of vocabulary sha256 "
@@ -308,11 +308,9 @@ class TokenData:
         return windows if self.vocab.lookup is None else self.vocab.from_tokenizer(windows)
 
 
-# -----------------------------------------------------------------------------
-# A transformers tokenizer folder for our GPT-2 BPE, so an exported GPT (train_gpt.py) is a
-# complete GPT-2 folder: usable as a REPA teacher, a judge, or by any transformers tool, offline.
+# GPT-2's byte alphabet: vocab.json spells each byte as a printable character
 
-def _byte_to_unicode():
+def byte_to_unicode():
     """GPT-2's reversible map of the 256 bytes to printable characters (vocab.json's alphabet)."""
     printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
     table, extra = {}, 0
@@ -323,67 +321,3 @@ def _byte_to_unicode():
             table[b] = chr(256 + extra)
             extra += 1
     return table
-
-
-def _split_by_bpe(token, ranks, max_rank):
-    """Replay BPE on `token` with merges of rank < max_rank: the two parts it was merged from."""
-    parts = [bytes([b]) for b in token]
-    while len(parts) > 2:
-        pairs = [(ranks.get(parts[i] + parts[i + 1], max_rank), i) for i in range(len(parts) - 1)]
-        rank, i = min(pairs)
-        if rank >= max_rank:
-            break
-        parts[i:i + 2] = [parts[i] + parts[i + 1]]
-    return parts
-
-
-def save_gpt2_tokenizer(folder):
-    """Write vocab.json/merges.txt (and tokenizer.json) equal to GPT-2's, from tiktoken's ranks."""
-    ranks = get_tokenizer()._mergeable_ranks
-    to_unicode = _byte_to_unicode()
-    as_text = lambda token: ''.join(to_unicode[b] for b in token)
-    vocab = {as_text(token): rank for token, rank in ranks.items()}
-    vocab['<|endoftext|>'] = EOT
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if rank >= 256:
-            left, right = _split_by_bpe(token, ranks, rank)
-            merges.append(f'{as_text(left)} {as_text(right)}')
-    # The standard GPT-2 pipeline in the tokenizers library: byte-level pre-tokenizer, BPE, decoder.
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(' ')) for m in merges]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token='<|endoftext|>',
-                                        eos_token='<|endoftext|>', unk_token='<|endoftext|>')
-    tokenizer.save_pretrained(folder)
-    return tokenizer
-
-
-def export_gpt(gpt, vocab, folder):
-    """Save our GPT as a transformers GPT-2 folder. With the full vocabulary it gets its tokenizer's
-    files (GPT-2's, written from tiktoken's ranks, or the transformers tokenizer's own); with a
-    compact one, config.json records the tokenizer and the ids it keeps (`textldm_tokenizer`,
-    `textldm_vocab_ids`), which train_vae.py and eval.py read to map text in."""
-    gpt.save_pretrained(folder, eos_token_id=int(vocab.eot))
-    if vocab.ids is None and vocab.tokenizer.hf is None:
-        save_gpt2_tokenizer(folder)
-    elif vocab.ids is None:
-        vocab.tokenizer.hf.save_pretrained(folder)
-    else:
-        path = os.path.join(folder, 'config.json')
-        with open(path) as f:
-            hf_config = json.load(f)
-        hf_config.update({f'textldm_{k}': v for k, v in vocab.state().items()})
-        with open(path, 'w') as f:
-            json.dump(hf_config, f, indent=2)
-
-
-def exported_vocab(hf_config, where):
-    """The compact Vocab an exported GPT's config.json records (export_gpt), or None."""
-    if getattr(hf_config, 'textldm_vocab_ids', None) is None:
-        return None
-    record = {k: getattr(hf_config, f'textldm_{k}') for k in ('vocab_ids', 'tokenizer', 'tokenizer_sha256')
-              if hasattr(hf_config, f'textldm_{k}')}
-    return Vocab.of(record, where)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 import configurator
+import export
 import tokenization
 import training
 from model import GPT, make_config
@@ -86,7 +87,7 @@ objective = training.train(config, 'gpt', NextTokenObjective(gpt), batch_fn, dis
                          flops_per_token=gpt.flops_per_token(block_size))
 if dist_.master and export_dir:
     # written beside, then swapped in: a kill never leaves a half-written teacher folder
-    tokenization.export_gpt(objective.gpt, data.vocab, export_dir + '.tmp')
+    export.export_gpt(objective.gpt, data.vocab, export_dir + '.tmp')
     shutil.rmtree(export_dir, ignore_errors=True)
     os.replace(export_dir + '.tmp', export_dir)
     print(f"exported a transformers GPT-2 folder to {export_dir}")

@@ -178,7 +178,8 @@ training.train(config, 'vae', objective, batch_fn, dist_, model_args, flops_per_
                before_step=warm_up_kl, on_device=teacher_features if teacher else None)
 if dist_.master:
     latent_mean, latent_std = latent_statistics(vae, np.random.default_rng([seed, 2]))
-    training.update_checkpoint(f'{out_dir}/vae.pt', latent_mean=latent_mean, latent_std=latent_std)
+    ckpt = training.load_checkpoint(f'{out_dir}/vae.pt')   # the DiT reads them with the VAE
+    training.save_atomic({**ckpt, 'latent_mean': latent_mean, 'latent_std': latent_std}, f'{out_dir}/vae.pt')
     print(f"latent stats stored in {out_dir}/vae.pt: |mean| {latent_mean.abs().mean():.3f}, "
           f"std {latent_std.mean():.3f} (averaged over channels)")
 dist_.close()

@@ -413,13 +413,6 @@ def append_jsonl(path, record):
         f.write(json.dumps(record) + '\n')
 
 
-def update_checkpoint(path, **items):
-    """Add entries to a checkpoint on disk, atomically (e.g. the VAE's latent statistics)."""
-    ckpt = load_checkpoint(path)
-    ckpt.update(items)
-    save_atomic(ckpt, path)
-
-
 def load_model(path, kind, ema=False):
     """(model in eval mode, its Vocab, checkpoint) from a stage checkpoint: 'vae', 'dit' or 'gpt'.
     The objective's state dict holds the network under the attribute named `kind`."""

@@ -15,6 +15,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import corpus  # noqa: E402
+import export  # noqa: E402
 import tokenization  # noqa: E402
 # local stand-ins in real formats: a tokenizer that is not GPT-2's, the hub's eval sets, MiniLM
 from rehearsal import HUB_LAYOUTS, minilm_folder, train_tokenizer, write_hub_sets  # noqa: E402,F401
@@ -64,7 +65,7 @@ def gpt2_tokenizer_teacher(folder, n_embd=48, n_layer=3):
     config = GPT2Config(vocab_size=tokenization.VOCAB_SIZE, n_positions=128, n_embd=n_embd, n_layer=n_layer,
                         n_head=4)
     GPT2LMHeadModel(config).save_pretrained(folder)
-    tokenization.save_gpt2_tokenizer(folder)
+    export.save_gpt2_tokenizer(folder)
     return str(folder)
 
 

@@ -642,7 +642,8 @@ def test_prompt_longer_than_context(pipeline, monkeypatch, model):
 
 @pytest.mark.parametrize('arg, key', [('--solver=rk4', 'solver'), ('--model=bert', 'model'),
                                       ('--time_grid=cosine', 'time_grid'), ('--ode_dtype=float16x', 'ode_dtype'),
-                                      ('--renoise=1.5', 'renoise'), ('--renoise=0.5 --solver=heun', 'renoise')])
+                                      ('--renoise=1.5', 'renoise'), ('--renoise=0.5 --solver=heun', 'renoise'),
+                                      ('--top_p=0.0', 'top_p'), ('--temperature=-1.0', 'temperature')])
 def test_bad_sampler_options(pipeline, monkeypatch, arg, key):
     message = sample_error(monkeypatch, pipeline, *arg.split(), '--prompt=')
     assert message.startswith('config error') and key in message

@@ -16,6 +16,7 @@ import torch
 
 import corpus
 import eval as ev
+import export
 import helpers
 import sampling
 import tokenization
@@ -128,7 +129,7 @@ def test_compact_vocabulary_judge_maps_gpt2_ids(tmp_path):
     split = tokenization.encode("T") + tokenization.encode("om")  # re-tokenizes as 'Tom', which it lacks
     vocab = tokenization.Vocab(sorted(set(tokenization.encode(text)) | set(split) | {EOT}))
     torch.manual_seed(0)
-    tokenization.export_gpt(GPT(GPTConfig(vocab_size=vocab.size, block_size=16, n_layer=1, n_head=2, n_embd=16)),
+    export.export_gpt(GPT(GPTConfig(vocab_size=vocab.size, block_size=16, n_layer=1, n_head=2, n_embd=16)),
                       vocab, str(tmp_path))
     judge = ev.HFModel(str(tmp_path), 'judge', GPT2)
     assert judge.eot == judge.bos == vocab.eot
@@ -299,7 +300,7 @@ def perturbed_gpt(out_dir, folder):
     gpt, vocab, ckpt = training.load_model(os.path.join(out_dir, 'gpt.pt'), 'gpt')
     ckpt['model'] = {'gpt.' + k: v for k, v in perturb(gpt).state_dict().items()}
     torch.save(ckpt, folder / 'gpt.pt')
-    tokenization.export_gpt(gpt, vocab, str(folder / 'gpt_hf'))
+    export.export_gpt(gpt, vocab, str(folder / 'gpt_hf'))
     return folder
 
 
@@ -313,7 +314,7 @@ def test_hf_samples_are_cut_to_their_length_then_at_end_of_text(tiny_judge):
 def test_gpt_rows_cut_short_by_end_of_text_ended(pipeline, monkeypatch):
     """sampling.gpt_continue cuts a row at its first <|endoftext|>: a row shorter than asked ended."""
     candidate = ev.gpt_candidate('gpt', os.path.join(pipeline[1], 'gpt.pt'))
-    rows = lambda gpt, vocab, prompts, lengths, *args: [[1] * (n - k) for k, n in enumerate(lengths)]
+    rows = lambda gpt, vocab, prompts, lengths, *args, **options: [[1] * (n - k) for k, n in enumerate(lengths)]
     monkeypatch.setattr(sampling, 'gpt_continue', rows)   # the first runs to its length, the second stops short
     assert [ended for _, ended in candidate['generate']([[], []], [3, 3], None)] == [False, True]
 
@@ -356,6 +357,7 @@ def test_greedy_batch_equals_one_prompt_at_a_time(kind, pipeline, tmp_path, monk
     (['--num_docs=many'], "num_docs='many' has type str"),
     (['--renoise=2.0'], "renoise=2.0: stochastic steps take 0 <= renoise <= 1"),
     (['--time_grid=cosine'], "time_grid='cosine'"),
+    (['--top_k=-1'], "top_k=-1"),
 ])
 def test_bad_inputs_fail_with_a_clear_message(argv, message, tmp_path):
     result = helpers.run_script('eval.py', '--device=cpu', f'--out_dir={tmp_path}', *argv, check=False)

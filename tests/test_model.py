@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import export  # noqa: E402
 from model import (KVCache, VAEConfig, TextVAE, Projector, repa_loss, kl_divergence,  # noqa: E402
                    DiTConfig, DiT, GPTConfig, GPT, VAE_SIZES, DIT_SIZES, GPT_SIZES, make_config,
                    apply_rotary, build_attention_mask, rotary_angles, sample_next_token)
@@ -270,7 +271,7 @@ def test_gpt_shapes_and_loss():
 def test_gpt_save_pretrained_round_trip(tmp_path):
     from transformers import GPT2LMHeadModel
     model = tiny_gpt()
-    model.save_pretrained(str(tmp_path))
+    export.save_weights(model, str(tmp_path))
     hf = GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
     idx = torch.randint(0, V, (2, 16))
     with torch.no_grad():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import helpers
+import export
 import prepare
 import tokenization
 from rehearsal import train_tokenizer
@@ -53,7 +54,7 @@ def test_gpt2_memmaps_unchanged_bit_for_bit(tmp_path):
     assert sha256(data_dir / 'val.bin') == '07444fe8c00923a6ac62bcefeacf613baf6a153b8e1178d86caf611e28c2ba2e'
     assert (meta['tokenizer'], meta['vocab_size'], meta['dtype'], meta['eot']) == ('gpt2', 50257, 'uint16', 50256)
     folder = tmp_path / 'gpt2_folder'
-    tokenization.save_gpt2_tokenizer(folder)
+    export.save_gpt2_tokenizer(folder)
     hf_dir, hf_meta = prepared(tmp_path / 'hf', f'--tokenizer={folder}')
     assert (hf_meta['vocab_size'], hf_meta['dtype'], hf_meta['eot']) == (50257, 'uint16', 50256)
     for name in ('train.bin', 'val.bin'):

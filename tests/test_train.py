@@ -618,14 +618,17 @@ SCRIPTS = {'prepare.py': 'prepare', 'train_gpt.py': 'gpt', 'train_vae.py': 'vae'
 
 def script_defaults(script):
     """A script's configurable defaults, read from its top-level assignments without running its
-    work: everything before its call of configurator.configure, lower-case names, plain values."""
+    work: everything before its call of configurator.configure, lower-case names, plain values,
+    and the sampler's keys that sample.py and eval.py take with globals().update(sampling.SAMPLER)."""
     import ast
+    import sampling
     path = os.path.join(helpers.ROOT, script)
-    namespace = {'torch': torch, 'os': os, '__file__': path}
+    namespace = {'torch': torch, 'os': os, 'sampling': sampling, '__file__': path}
     for node in ast.parse(open(path).read()).body:
         if 'configurator.configure' in ast.unparse(node):
             break
-        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+        if (isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets)
+                or ast.unparse(node) == 'globals().update(sampling.SAMPLER)'):
             exec(compile(ast.Module(body=[node], type_ignores=[]), path, 'exec'), namespace)
     return {k: v for k, v in namespace.items() if k.islower() and not k.startswith('_')
             and isinstance(v, (int, float, bool, str, tuple, list, type(None)))}
@@ -646,6 +649,7 @@ def test_every_script_reads_every_config_file(monkeypatch):
 def test_no_key_reads_as_another_stages_key_of_another_type():
     defaults = {stage: script_defaults(script) for script, stage in SCRIPTS.items()}
     assert {'learning_rate', 'max_iters', 'batch_size'} <= set(defaults['dit'])   # shown at the top
+    assert {'steps', 'renoise', 'top_p'} <= set(defaults['sample']) & set(defaults['eval'])
     for stage, keys in defaults.items():
         for key, value in keys.items():
             for other, other_keys in defaults.items():

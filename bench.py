@@ -5,7 +5,7 @@ Benchmarks for the README. Each prints a markdown table with the machine it ran 
     python bench.py --what=corpus    # how fast the embedded story generator writes tokens
     python bench.py --what=prepare,corpus
     python bench.py --what=flops --seq_len=1024   # the DiT's forward FLOPs per token, counted
-    python bench.py --what=dit_step --train_batch_size=16   # the quick start's DiT step, before and now
+    python bench.py --what=dit_step --train_batch_size=16   # the quick start's DiT step: adaLN per time against per token
     python bench.py --what=memory --dtype=bfloat16 --vae_size=paper --dit_size=dit-l --gpt_size=gpt2-large
     python bench.py --what=repa      # the REPA teacher's and its inputs' share of a paper-size VAE step
     python bench.py --what=eval --gpt_size=gpt2   # eval.py's GPT rows, one prompt at a time vs a batch; FLOPs
@@ -287,7 +287,7 @@ def bench_flops(cfg):
     """Forward FLOPs per token of every DiT preset on a seq_len row (context and target), counted
     by torch's FlopCounterMode on the meta device (no memory, no compute): adaLN computed once per
     distinct time of a row (the DiT's way) and once per token (the way of image DiTs and of this
-    DiT before), against the attention + MLP + input/output layers the row needs."""
+    DiT's first version), against the attention + MLP + input/output layers the row needs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     import model
@@ -316,8 +316,8 @@ def bench_flops(cfg):
 
 
 def bench_dit_step(cfg):
-    """Milliseconds per DiT training step (loss, forward and backward) as train_dit.py runs it now
-    (adaLN per distinct time, no attention mask) and as it ran before 2026-11-29 (adaLN per token,
+    """Milliseconds per DiT training step (loss, forward and backward) as train_dit.py runs it
+    (adaLN per distinct time, no attention mask) and the image DiTs' way (adaLN per token, here with
     a mask on every batch), alternating in one process; the median of `repeats` x 5 rounds."""
     import statistics
     import torch
@@ -330,7 +330,7 @@ def bench_dit_step(cfg):
     is_target = torch.arange(L)[None] >= torch.randint(0, 3 * L // 4, (B, 1))
     everything = torch.ones(B, L, dtype=torch.bool)
 
-    def before(x, t, is_target, valid=None, x_self=None):   # each token its own time-table entry, and a mask
+    def per_token(x, t, is_target, valid=None, x_self=None):   # each token its own time-table entry, and a mask
         pos = torch.arange(L).expand(x.shape[0], L)
         times = torch.where(is_target, t[:, None], 1.0)
         mask = model.build_attention_mask(L, x.device, everything[:x.shape[0]])
@@ -340,32 +340,34 @@ def bench_dit_step(cfg):
         dit.zero_grad(set_to_none=True)
         model.flow_matching_loss(net, x, t, is_target, self_cond=True).backward()
 
-    times = {'before': [], 'now': []}
-    for net in (before, dit):   # warm-up
+    times = {'per token': [], 'per time': []}
+    for net in (per_token, dit):   # warm-up
         step(net)
     for _ in range(5 * cfg['repeats']):
-        for name, net in (('before', before), ('now', dit)):
+        for name, net in (('per token', per_token), ('per time', dit)):
             start = time.perf_counter()
             step(net)
             times[name].append(1000 * (time.perf_counter() - start))
     ms = {name: statistics.median(v) for name, v in times.items()}
     print(f"DiT training step, '{cfg['dit_size']}' ({dit.num_params() / 1e6:.2f}M), {B} x {L} tokens, "
           f"{cfg['latent_dim']}-channel latents, x-prediction and self-conditioning (the quick start's DiT), "
-          f"{torch.get_num_threads()} threads, median of {len(times['now'])} alternating steps. {machine()}\n")
-    table(('DiT', 'ms per step', 'speed-up'), [('before: adaLN per token, masked attention', f"{ms['before']:.0f}", '1.00x'),
-                                              ('now: adaLN per time, no mask', f"{ms['now']:.0f}", f"{ms['before'] / ms['now']:.2f}x")])
+          f"{torch.get_num_threads()} threads, median of {len(times['per time'])} alternating steps. {machine()}\n")
+    table(('DiT', 'ms per step', 'speed-up'), [('adaLN per token, masked attention', f"{ms['per token']:.0f}", '1.00x'),
+                                              ('adaLN per time, no mask (train_dit.py)', f"{ms['per time']:.0f}",
+                                               f"{ms['per token'] / ms['per time']:.2f}x")])
 
 
 def bench_memory(cfg):
     """Activation memory per token of each stage's training loss at the configured sizes: the bytes
     autograd keeps for the backward pass (each storage once; parameters and their casts left out),
-    counted on the CPU: with the residual stream in fp32 under autocast (as before 2026-11-29),
-    in bf16 (now), and with activation checkpointing; on CUDA also the allocator's peak above the
+    counted on the CPU: with the residual stream in fp32 under autocast, in the autocast dtype (as
+    model.py keeps it), and with activation checkpointing; on CUDA also the allocator's peak above the
     weights. One window of seq_len tokens (memory per token barely depends on the batch). The VAE
     without its projector and teacher (the teacher keeps nothing: no gradient)."""
     import model
-    as_now = model.autocast_dtype
-    settings = (('fp32 residual', lambda x: x.dtype, False), ('now', as_now, False), ('checkpointing', as_now, True))
+    as_model = model.autocast_dtype
+    settings = (('fp32 residual', lambda x: x.dtype, False), ('autocast residual', as_model, False),
+                ('checkpointing', as_model, True))
     rows = [memory_row(cfg, kind, settings) for kind in ('vae', 'dit', 'gpt')]
     cuda = cfg['device'].startswith('cuda')
     columns = [f'{name}: {what} KiB/token' for name, _, _ in settings for what in (('saved', 'peak') if cuda else ('saved',))]
@@ -392,7 +394,7 @@ def memory_row(cfg, kind, settings):
         idx = torch.randint(0, 50257, (1, L), device=device)
         loss_fn = ((lambda: net(idx, targets=idx)[1]) if kind == 'gpt' else
                    (lambda: torch.nn.functional.cross_entropy(net(idx)[0].float().flatten(0, 1), idx.flatten())))
-    row, as_now = [kind, cfg[f'{kind}_size']], model.autocast_dtype
+    row, as_model = [kind, cfg[f'{kind}_size']], model.autocast_dtype
     for _, residual_dtype, checkpointing in settings:
         model.autocast_dtype, net.checkpointing = residual_dtype, checkpointing
         kept = {}   # storage -> bytes: views of one tensor share it
@@ -414,7 +416,7 @@ def memory_row(cfg, kind, settings):
         row.append(f"{sum(kept.values()) / L / 1024:,.0f}")
         if cuda:
             row.append(f"{peak / L / 1024:,.0f}")
-    model.autocast_dtype = as_now
+    model.autocast_dtype = as_model
     return row
 
 
@@ -500,8 +502,8 @@ QWEN3_1_7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, n
 
 
 def repa_step_flops(cfg):
-    """FLOPs of one step's VAE forward+backward, of the teacher as it ran before (all blocks and
-    the LM head) and as it runs now (cut after its layer); the teacher's parameters, and those cut."""
+    """FLOPs of one step's VAE forward+backward, of the whole teacher (all blocks and the LM head)
+    and of the teacher as teacher.py runs it (cut after its layer); its parameters, and those cut."""
     import torch
     import torch.nn.functional as F
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -526,10 +528,10 @@ def repa_step_flops(cfg):
     causal = {'full_attention': None}
     params = sum(p.numel() for p in lm.parameters())
     with torch.no_grad():
-        before = counted_flops(lambda: lm(input_ids=idx, attention_mask=causal, output_hidden_states=True))
+        whole = counted_flops(lambda: lm(input_ids=idx, attention_mask=causal, output_hidden_states=True))
         trunk, dropped = teacher.cut_after(lm, layer)
-        now = counted_flops(lambda: trunk(input_ids=idx, attention_mask=causal, use_cache=False))
-    return counted_flops(vae_step), before, now, params, dropped
+        cut = counted_flops(lambda: trunk(input_ids=idx, attention_mask=causal, use_cache=False))
+    return counted_flops(vae_step), whole, cut, params, dropped
 
 
 def repa_inputs_cpu(cfg, folder):
@@ -562,14 +564,14 @@ def repa_inputs_cpu(cfg, folder):
 
 def bench_repa(cfg):
     from training import PEAK_FLOPS
-    vae, before, now, params, dropped = repa_step_flops(cfg)
+    vae, whole, cut, params, dropped = repa_step_flops(cfg)
     work = tempfile.mkdtemp(prefix='bench_repa_')
     try:
         per_window, per_batch, teacher_tokens = repa_inputs_cpu(cfg, os.path.join(work, 'teacher'))
     finally:
         shutil.rmtree(work)
     B, T, peak = cfg['repa_batch'], cfg['repa_window'], PEAK_FLOPS['H200']
-    at_peak = 1000 * (vae + now) / peak  # ms: no real step is shorter
+    at_peak = 1000 * (vae + cut) / peak  # ms: no real step is shorter
     print(f"REPA's share of a VAE step: VAE '{cfg['repa_vae_size']}', batch {B} x {T} tokens, a Qwen3-1.7B-shaped "
           f"teacher ({params / 1e9:.2f}B parameters, random) read at layer {cfg['repa_teacher_layer']} on {T} "
           f"tokens a window. FLOPs counted by torch's FlopCounterMode on the meta device; the teacher's inputs "
@@ -577,19 +579,19 @@ def bench_repa(cfg):
           f"trained on the text; {teacher_tokens:.0f} teacher tokens a window). {machine()}\n")
     table(('part of one step', 'cost', 'share'), [
         ("VAE forward + backward (projector and losses)", f'{vae / 1e12:.3g} TFLOP', ''),
-        (f"teacher before: all {QWEN3_1_7B['num_hidden_layers']} blocks, LM head, every hidden state",
-         f'{before / 1e12:.3g} TFLOP', f'{100 * before / (vae + before):.0f}% of the step'),
-        (f"teacher now: blocks up to its layer, no LM head ({dropped / 1e6:.1f}M parameters dropped)",
-         f'{now / 1e12:.3g} TFLOP', f'{100 * now / (vae + now):.0f}% of the step'),
-        ("the step now at the H200's bf16 peak (989 TFLOP/s): a lower bound", f'{at_peak:.0f} ms', ''),
+        (f"the whole teacher: all {QWEN3_1_7B['num_hidden_layers']} blocks, LM head, every hidden state",
+         f'{whole / 1e12:.3g} TFLOP', f'{100 * whole / (vae + whole):.0f}% of the step'),
+        (f"the teacher cut (teacher.py): blocks up to its layer, no LM head ({dropped / 1e6:.1f}M parameters dropped)",
+         f'{cut / 1e12:.3g} TFLOP', f'{100 * cut / (vae + cut):.0f}% of the step'),
+        ("the step with the teacher cut, at the H200's bf16 peak (989 TFLOP/s): a lower bound", f'{at_peak:.0f} ms', ''),
         (f"teacher inputs of one rank's batch (Teacher.inputs, {B} windows), CPU", f'{per_batch:.1f} ms',
          f'{100 * per_batch / at_peak:.0f}% of that bound'),
         ("of which align_by_characters, per window", f'{per_window:.2f} ms', '')])
 
 
 def bench_eval(cfg):
-    """eval.py's GPT rows: prompts of mixed lengths one at a time (eval's path before it batched:
-    it grouped prompts of equal length, and real documents' prompts all differ) against one batch,
+    """eval.py's GPT rows: prompts of mixed lengths one at a time (what batching prompts of equal
+    length only comes to, as real documents' prompts all differ) against one batch,
     left-padded (sampling.gpt_continue). Then the FLOPs of one document at the paper's sizes,
     counted on shapes alone (meta tensors), for a GPU estimate (README)."""
     import numpy as np
@@ -606,7 +608,7 @@ def bench_eval(cfg):
     gpt = model.GPT(model.make_config('gpt', cfg['gpt_size'])).to(device, net_dtype).eval()
     vocab, generator = tokenization.Vocab(), torch.Generator(device).manual_seed(cfg['seed'])
     one = lambda p: gpt.generate(torch.tensor([p], device=device), n, top_k=50, generator=generator)
-    runs = {'one at a time (before)': lambda: [one(p) for p in prompts],
+    runs = {'one at a time': lambda: [one(p) for p in prompts],
             f'batch of {len(prompts)}, left-padded': lambda: sampling.gpt_continue(
                 gpt, vocab, prompts, [n] * len(prompts), generator, top_k=50)}
     one(prompts[0])   # warm-up

@@ -27,7 +27,7 @@ def test_bench_eval_tiny():
     out = helpers.run_script('bench.py', '--what=eval', '--eval_prompts=3', '--eval_new_tokens=4',
                              '--eval_prompt_range=(5, 12)', '--gen_steps=50').stdout
     rows = [[cell.strip() for cell in row.strip('|').split('|')] for row in table_rows(out)]
-    assert [r[0] for r in rows] == ['GPT generation', 'one at a time (before)', 'batch of 3, left-padded',
+    assert [r[0] for r in rows] == ['GPT generation', 'one at a time', 'batch of 3, left-padded',
                                     'model', 'gpt2-large', 'TextLDM dit-l', 'TextLDM VAE']
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows[1:3])   # new tokens/s, per CPU second
     gpt, dit = float(rows[4][2]), float(rows[5][2])   # TFLOP of one 1024-token document
@@ -63,15 +63,15 @@ def test_bench_repa_small():
                              '--repa_batches=1', '--repa_teacher_vocab=300').stdout
     rows = [[cell.strip() for cell in row.strip('|').split('|')] for row in table_rows(out)]
     assert rows[0] == ['part of one step', 'cost', 'share'] and len(rows) == 7
-    vae, before, now = (float(row[1].split()[0]) for row in rows[1:4])
-    assert 0 < now < before and vae > 0  # the cut teacher does less work
+    vae, whole, cut = (float(row[1].split()[0]) for row in rows[1:4])
+    assert 0 < cut < whole and vae > 0  # the cut teacher does less work
     assert 'parameters dropped' in rows[3][0] and float(rows[-1][1].split()[0]) > 0  # ms per window
 
 
-def test_bench_dit_step_times_before_and_now():
+def test_bench_dit_step_times_adaln_per_token_and_per_time():
     rows = table_rows(helpers.run_script('bench.py', '--what=dit_step', '--seq_len=16', '--train_batch_size=2',
                                          '--repeats=1').stdout)
-    assert len(rows) == 3 and 'before' in rows[1] and 'now' in rows[2]
+    assert len(rows) == 3 and 'per token' in rows[1] and 'per time' in rows[2]
     assert float(rows[2].split('|')[3].strip().rstrip('x')) > 0
 
 
@@ -80,5 +80,5 @@ def test_bench_memory_counts_saved_activations_per_stage():
     rows = table_rows(out)
     cells = {r.split('|')[1].strip(): [float(c.strip().replace(',', '')) for c in r.split('|')[3:6]] for r in rows[1:]}
     assert set(cells) == {'vae', 'dit', 'gpt'}
-    for fp32_residual, now, checkpointing in cells.values():
-        assert 0 < checkpointing < now < fp32_residual   # bf16 residuals, then checkpointing, keep less
+    for fp32_residual, bf16_residual, checkpointing in cells.values():
+        assert 0 < checkpointing < bf16_residual < fp32_residual   # bf16 residuals, then checkpointing, keep less

@@ -114,8 +114,9 @@ def cut_points(lengths, seed):
 
 # -----------------------------------------------------------------------------
 # The models: a dict of label, context (most prompt + continuation tokens), space (the VAE or
-# None), tokenizer (ours: the data's; None for transformers models) and generate(prompts as ids
-# of the evaluation's tokenizer, lengths, torch generator) -> [(ids, ended)]
+# None), tokenizer (ours: the data's; None for transformers models), generate(prompts as ids
+# of the evaluation's tokenizer, lengths, torch generator) -> [(ids, ended)], and for ours
+# trained: the checkpoint's path, iteration and training seed
 
 def progress(label, done, total, t0, step=1):
     if (10 * done) // total != (10 * (done - step)) // total:  # every 10%
@@ -139,7 +140,7 @@ def batches_within(prompts, lengths, context=math.inf):
 
 
 def textldm_candidate(label, path):
-    dit, space = sampling.load_textldm(path, device)
+    dit, space, ckpt = sampling.load_textldm(path, device)
     run, flow = sampling.continuation(dit, globals())
     context = min(dit.config.block_size, space.block_size)
 
@@ -152,7 +153,8 @@ def textldm_candidate(label, path):
                 out[i] = (space.vocab.to_tokenizer(row).tolist(), len(row) < lengths[i])
             progress(label, len(out) - out.count(None), len(out), t0, step=len(batch))
         return out
-    return dict(label=label, context=context, space=space, tokenizer=space.vocab.tokenizer, generate=generate)
+    return dict(label=label, context=context, space=space, tokenizer=space.vocab.tokenizer, generate=generate,
+                trained=trained(path, ckpt))
 
 
 def in_batches(label, continue_batch, context=math.inf):
@@ -172,7 +174,7 @@ def in_batches(label, continue_batch, context=math.inf):
 
 
 def gpt_candidate(label, path):
-    gpt, vocab, _ = training.load_model(path, 'gpt')
+    gpt, vocab, ckpt = training.load_model(path, 'gpt')
     gpt.to(device)
 
     def continue_batch(prompts, lengths, generator):   # each row cut at <|endoftext|>: it ended if shorter
@@ -181,7 +183,12 @@ def gpt_candidate(label, path):
         return [(vocab.to_tokenizer(row).tolist(), len(row) < n) for row, n in zip(rows, lengths)]
     # any prompts share a batch: a row needs only its own prompt + continuation within the context
     return dict(label=label, context=gpt.config.block_size, space=None, tokenizer=vocab.tokenizer,
-                generate=in_batches(label, continue_batch))
+                generate=in_batches(label, continue_batch), trained=trained(path, ckpt))
+
+
+def trained(path, ckpt):
+    """Which point of which run a checkpoint of ours is (eval.json keeps it with the row: curves.py)."""
+    return dict(path=path, iter=ckpt['iter_num'], seed=ckpt['config']['seed'])
 
 
 class HFModel:
@@ -427,6 +434,8 @@ def evaluate(cand, prompts, remainders, prompt_texts, references, length, judge_
     print(f"{label}: scoring", flush=True)
     row = continuation_metrics(continuations, references, prompt_texts, checker)
     row.update(unconditional_metrics(uncond, judge_lm, base) if uncond else {})
+    if cand.get('trained'):
+        row['trained'] = cand['trained']
     if cand.get('recon_data'):
         row['vae_recon_acc'] = recon_accuracy(cand['space'], cand['recon_data'], recon_batches,
                                               np.random.default_rng([seed, 2]))

@@ -56,7 +56,7 @@ def main():
     torch.manual_seed(seed)
     stream = {}   # a Cola DiT's on_text: prints as it goes
     if model == 'textldm':
-        dit, space = load_textldm(dit_path, device)
+        dit, space, _ = load_textldm(dit_path, device)
         vocab, prompt_ids = space.vocab, space.vocab.encode(text).tolist()
         check_lengths(len(prompt_ids), max_new_tokens, [('DiT', dit.config.block_size)])
         check_lengths(len(prompt_ids), 0, [('VAE', space.block_size)])

@@ -185,8 +185,8 @@ def gpt_continue(gpt, vocab, prompts, lengths, generator=None, temperature=1.0, 
 
 
 def load_textldm(dit_path, device):
-    """(EMA DiT, LatentSpace) with the checks that a DiT and its VAE belong together, made on
-    the CPU before either is moved to `device`."""
+    """(EMA DiT, LatentSpace, the DiT's checkpoint) with the checks that a DiT and its VAE belong
+    together, made on the CPU before either is moved to `device`."""
     dit, _, ckpt = training.load_model(dit_path, 'dit', ema=True)
     vae_path = ckpt['model_args']['vae_path']
     space = latent_space.LatentSpace.load(vae_path)
@@ -195,7 +195,7 @@ def load_textldm(dit_path, device):
                          f"the VAE {vae_path} makes {space.latent_dim}")
     tokenization.Vocab.of(ckpt['model_args'], dit_path).check_same(
         space.vocab, f"the DiT in {dit_path}", f"the VAE now at {vae_path}")
-    return dit.to(device), space.to(device)
+    return dit.to(device), space.to(device), ckpt
 
 
 def flow_options(cfg):

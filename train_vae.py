@@ -56,6 +56,7 @@ compact_vocab = False      # renumber to the ids that occur in the data (small c
 init_from = 'scratch'      # or 'resume': continue from out_dir's checkpoint as if never stopped
 max_iters = 1000
 eval_interval = 100        # evaluate and checkpoint every this many iterations
+keep_checkpoints = False   # also keep each evaluation's weights as out_dir/STAGE_ITER.pt (quality curves: curves.py)
 eval_iters = 20            # validation batches per evaluation (fixed, drawn once)
 log_interval = 10
 batch_size = 16            # windows per micro-step per rank

@@ -314,6 +314,10 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
                          'iter_num': iter_num, 'best_val_loss': best_val_loss,
                          'model_args': model_args, 'config': cfg, 'rng': states[0],
                          'next_batch': states[1]}, ckpt_path)
+            if cfg['keep_checkpoints']:   # the weights alone, for evaluating this point of the run later
+                save_atomic({'model': raw.state_dict(), 'ema': ema[0].state_dict() if ema else None,
+                             'iter_num': iter_num, 'model_args': model_args, 'config': cfg},
+                            os.path.join(out_dir, f'{stage}_{iter_num}.pt'))
 
     # One worker, one batch ahead: the next batch (for the VAE, the teacher's tokenizer and the
     # character alignment: CPU work, much of it Python) is built while this one's forward and

@@ -382,7 +382,7 @@ def test_cola_dit_trains_and_samples_block_by_block(cola_run):
 
 def test_cola_continue_lengths_and_eot(cola_run):
     out, _ = cola_run
-    dit, space = sampling.load_textldm(str(out / 'dit.pt'), 'cpu')
+    dit, space, _ = sampling.load_textldm(str(out / 'dit.pt'), 'cpu')
     prompts = [space.vocab.encode(prompt_text(4)).tolist(), []]
     pieces = []
     rows = cola.cola_continue(dit, space, prompts, [6, 9], generator=torch.Generator().manual_seed(0),

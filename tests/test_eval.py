@@ -254,6 +254,18 @@ def test_eval_end_to_end(pipeline):
         for key in ('rouge1', 'rouge2', 'rougeL', 'bertscore', 'mauve', 'check_grammar', 'gen_ppl', 'entropy'):
             assert 0 <= row[key] < math.inf, (label, key)
     assert 0 <= saved['rows']['textldm']['vae_recon_acc'] <= 1 and 'vae_recon_acc' not in saved['rows']['gpt']
+    for label, name in (('textldm', 'dit.pt'), ('gpt', 'gpt.pt')):   # which run and iteration (curves.py)
+        ckpt = training.load_checkpoint(os.path.join(out_dir, name))
+        trained = saved['rows'][label]['trained']
+        assert trained['path'].endswith(name) and (trained['iter'], trained['seed']) == (ckpt['iter_num'], ckpt['config']['seed'])
+    assert 'trained' not in saved['rows']['export']   # a transformers model: not one of our runs
+    # curves.py draws these rows (one point each: levels) from the eval.json just written
+    drawn = helpers.run_script('curves.py', f'--evals={out_dir}/eval.json', f'--out={out_dir}/curves.png')
+    assert os.path.getsize(os.path.join(out_dir, 'curves.png')) > 1000 and '2 lines from 1 eval.json' in drawn.stdout
+    for label in ('textldm', 'gpt'):
+        trained = saved['rows'][label]['trained']
+        assert (f"| {label} | {trained['seed']} | {trained['iter']:,} | {100 * saved['rows'][label]['check_grammar']:.1f} |"
+                in drawn.stdout)
     with open(os.path.join(out_dir, 'eval_samples.jsonl')) as f:
         records = [json.loads(line) for line in f]
     assert len(records) == 3 * (12 + 4)
@@ -363,3 +375,28 @@ def test_bad_inputs_fail_with_a_clear_message(argv, message, tmp_path):
     result = helpers.run_script('eval.py', '--device=cpu', f'--out_dir={tmp_path}', *argv, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert not os.path.exists(tmp_path / 'eval.json')
+
+
+def test_curves_points_per_model_and_seed(tmp_path):
+    """curves.py: a line per (model, training seed), its points in iteration order, across files;
+    the data row and transformers rows (no `trained`) left out; bad input stops with a message."""
+    import curves
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps({'sets': {'synthetic': {'rows': rows}}}))
+        return str(path)
+    row = lambda it, seed, g: dict(check_grammar=g, check_score=g / 2, trained=dict(path='x', iter=it, seed=seed))
+    paths = [write('b.json', {'data': dict(check_grammar=1.0, check_score=1.0), 'TextLDM': row(2000, 1, 0.8),
+                              'GPT': row(600, 1, 0.95), 'hf': dict(check_grammar=0.5, check_score=0.5)}),
+             write('a.json', {'TextLDM': row(1000, 1, 0.6)}), write('c.json', {'TextLDM': row(1000, 2, 0.7)})]
+    points = curves.read_points(paths, 'synthetic', ['check_grammar', 'check_score'])
+    assert list(points) == [('GPT', 1), ('TextLDM', 1), ('TextLDM', 2)]
+    assert [(it, v['check_grammar']) for it, v in points[('TextLDM', 1)]] == [(1000, 60.0), (2000, 80.0)]
+    curves.draw(points, ['check_grammar', 'check_score'], str(tmp_path / 'fig' / 'c.png'))
+    assert (tmp_path / 'fig' / 'c.png').stat().st_size > 1000 and not (tmp_path / 'fig' / 'c.png.tmp.png').exists()
+    with pytest.raises(SystemExit, match="no eval_set='lm1b'"):
+        curves.read_points(paths, 'lm1b', ['check_grammar'])
+    with pytest.raises(SystemExit, match="has no mauve"):
+        curves.read_points(paths, 'synthetic', ['mauve'])
+    result = helpers.run_script('curves.py', f'--evals={tmp_path}/nothing.json', check=False)
+    assert result.returncode != 0 and 'no eval.json at' in result.stderr

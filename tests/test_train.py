@@ -168,7 +168,7 @@ def test_vae_resume_is_exact_and_evaluation_does_not_disturb_training(data_dir, 
     assert torch.equal(full_ckpt['latent_mean'], load_ckpt(tmp_path / 'split' / 'vae.pt')['latent_mean'])
 
 
-def toy_run(out_dir, prefetch, max_iters=8, init_from='scratch'):
+def toy_run(out_dir, prefetch, max_iters=8, init_from='scratch', keep_checkpoints=False):
     """training.train in this process on a toy regression with dropout, 2 micro-steps a step:
     (the training batches the objective saw, the threads batch_fn ran in, checkpoint, metrics)."""
     import threading
@@ -191,10 +191,24 @@ def toy_run(out_dir, prefetch, max_iters=8, init_from='scratch'):
     cfg = dict(out_dir=str(out_dir), dtype='float32', compile=False, seed=3, init_from=init_from,
                max_iters=max_iters, eval_interval=4, eval_iters=2, log_interval=100, batch_size=4,
                gradient_accumulation_steps=2, learning_rate=0.1, min_lr=0.01, warmup_iters=2,
-               lr_decay_iters=8, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, wandb_log=False)
+               lr_decay_iters=8, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, wandb_log=False,
+               keep_checkpoints=keep_checkpoints)
     torch.manual_seed(0)
     training.train(cfg, 'toy', Objective(), batch_fn, training.Dist('cpu'), {}, prefetch=prefetch)
     return seen, threads, load_ckpt(out_dir / 'toy.pt'), read_metrics(out_dir / 'toy_metrics.jsonl')
+
+
+def test_keep_checkpoints_keeps_each_evaluations_weights(tmp_path):
+    """keep_checkpoints: out_dir/STAGE_ITER.pt at every evaluation, the weights as they were then
+    (the last one equals the final checkpoint's), and nothing else changes."""
+    _, _, plain, plain_metrics = toy_run(tmp_path / 'plain', prefetch=True)
+    _, _, final, metrics = toy_run(tmp_path / 'kept', prefetch=True, keep_checkpoints=True)
+    assert metrics == plain_metrics and sorted(os.listdir(tmp_path / 'plain')) == ['toy.pt', 'toy_metrics.jsonl']
+    assert sorted(os.listdir(tmp_path / 'kept')) == ['toy.pt', 'toy_0.pt', 'toy_4.pt', 'toy_8.pt', 'toy_metrics.jsonl']
+    kept = {it: load_ckpt(tmp_path / 'kept' / f'toy_{it}.pt') for it in (0, 4, 8)}
+    assert [kept[it]['iter_num'] for it in (0, 4, 8)] == [0, 4, 8] and 'optimizer' not in kept[8]
+    for k, v in final['model'].items():
+        assert torch.equal(kept[8]['model'][k], v) and not torch.equal(kept[0]['model'][k], v)
 
 
 def test_batches_built_in_a_background_thread_change_nothing(tmp_path):
@@ -613,7 +627,8 @@ def test_configure_errors(tmp_path):
 # one script is never taken for another stage's with another meaning (bench.py's own
 # `sample_prompt`, an int, once read the sample stage's prompt text and stopped).
 SCRIPTS = {'prepare.py': 'prepare', 'train_gpt.py': 'gpt', 'train_vae.py': 'vae', 'train_dit.py': 'dit',
-           'sample.py': 'sample', 'eval.py': 'eval', 'bench.py': 'bench', 'rehearsal.py': 'rehearsal'}
+           'sample.py': 'sample', 'eval.py': 'eval', 'bench.py': 'bench', 'rehearsal.py': 'rehearsal',
+           'curves.py': 'curves'}
 
 
 def script_defaults(script):
@@ -641,7 +656,7 @@ def test_every_script_reads_every_config_file(monkeypatch):
     for script, stage in SCRIPTS.items():
         defaults = script_defaults(script)
         assert {'out_dir', 'data_dir', 'device', 'dtype', 'compile', 'seed'} <= set(defaults) or \
-            script == 'rehearsal.py', script
+            script in ('rehearsal.py', 'curves.py'), script   # the one drives the stage scripts, the other reads files
         for config in configs:
             configurator.configure(dict(defaults), stage, [config])   # raises ConfigError on a clash
 

@@ -26,6 +26,7 @@ import time
 import configurator
 import latent_space
 import tokenization
+import standins
 
 # -----------------------------------------------------------------------------
 out_dir = 'out/bench'
@@ -100,22 +101,6 @@ def english_documents(megabytes):
     return texts
 
 
-def owt2_archive(path, texts, shards=8):
-    """Write texts as OpenWebText2 lays them out: a tar of .jsonl.zst shards of {"text", "meta"}."""
-    import tarfile
-    import zstandard
-    with tarfile.open(path, 'w') as tar:
-        for i in range(shards):
-            lines = ''.join(json.dumps({'text': t, 'meta': {'shard': i}}) + '\n' for t in texts[i::shards])
-            data = zstandard.ZstdCompressor(level=3).compress(lines.encode())
-            info = tarfile.TarInfo(f'RS_2019-{i + 1:02d}.jsonl.zst')
-            info.size = len(data)
-            with tempfile.TemporaryFile() as f:
-                f.write(data)
-                f.seek(0)
-                tar.addfile(info, f)
-
-
 # runs prepare.py and adds its CPU time (after imports; its workers included) and peak memory
 PREPARE_CHILD = """
 import json, resource, sys
@@ -172,7 +157,7 @@ def bench_prepare(cfg):
     try:
         texts = english_documents(cfg['prepare_mb'])
         archive = os.path.join(work, 'owt2.tar')
-        owt2_archive(archive, texts)
+        standins.write_owt2_archive(archive, texts, shards=8)
         rows, best = [], 0  # the most tokens per CPU second of plain tiktoken in one thread
 
         def row(what, tokens, seconds, cpu, versus=''):
@@ -199,7 +184,7 @@ def bench_prepare(cfg):
         rows = []
         for mb in cfg['memory_mb']:
             texts = english_documents(mb)
-            owt2_archive(archive, texts)
+            standins.write_owt2_archive(archive, texts, shards=8)
             s = run_prepare(archive, os.path.join(work, f'mem{mb}'), cfg['memory_num_proc'])
             rows.append((f'{mb} MB', f"{len(texts):,}", f"{s['train_tokens'] + s['val_tokens']:,}",
                          f"{s['rss']:.0f}", f"{s['workers_rss']:.0f}"))
@@ -540,12 +525,11 @@ def repa_inputs_cpu(cfg, folder):
     on that text; and the teacher's tokens per window."""
     import numpy as np
     import torch
-    import rehearsal
     from teacher import Teacher
     B, T = cfg['repa_batch'], cfg['repa_window']
     texts = english_documents(4)
-    rehearsal.write_teacher(folder, texts, cfg['repa_teacher_vocab'], 'cpu', hidden_size=64, intermediate_size=128,
-                            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    standins.write_teacher(folder, texts, cfg['repa_teacher_vocab'], 'cpu', hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
     stand_in = Teacher(folder, cfg['repa_teacher_layer'], 'cpu', T)
     ids = tokenization.get_tokenizer().encode_ordinary_batch(texts)
     stream = np.array([t for doc in ids for t in doc + [tokenization.EOT]], dtype=np.int64)

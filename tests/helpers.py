@@ -18,7 +18,7 @@ import corpus  # noqa: E402
 import export  # noqa: E402
 import tokenization  # noqa: E402
 # local stand-ins in real formats: a tokenizer that is not GPT-2's, the hub's eval sets, MiniLM
-from rehearsal import HUB_LAYOUTS, minilm_folder, train_tokenizer, write_hub_sets  # noqa: E402,F401
+from standins import HUB_LAYOUTS, minilm_folder, train_tokenizer, write_hub_sets  # noqa: E402,F401
 
 # Text with multi-byte characters: GPT-2 splits 'é' and '日本' into byte tokens, so random windows
 # start and end inside UTF-8 characters (the case the character alignment must survive).

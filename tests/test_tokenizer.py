@@ -15,7 +15,7 @@ import helpers
 import export
 import prepare
 import tokenization
-from rehearsal import train_tokenizer
+from standins import train_tokenizer
 
 # Common words of the stories, added after 70,000 unused tokens: the data's most frequent ids
 # and its end-of-text id are then above 65,535, so only uint32 memmaps can hold them.

@@ -188,7 +188,7 @@ def gpt_candidate(label, path):
 
 def trained(path, ckpt):
     """Which point of which run a checkpoint of ours is (eval.json keeps it with the row: curves.py)."""
-    return dict(path=path, iter=ckpt['iter_num'], seed=ckpt['config']['seed'])
+    return dict(path=path, iter=ckpt.get('iter_num'), seed=ckpt.get('config', {}).get('seed'))
 
 
 class HFModel:

@@ -40,8 +40,8 @@ def read_points(paths, set_name, keys):
         if set_name not in sets:
             raise SystemExit(f"{path} has no eval_set={set_name!r} (it has {', '.join(sets)})")
         for label, row in sets[set_name]['rows'].items():
-            if 'trained' not in row:
-                continue   # the data row, or a transformers model: no training run of ours
+            if row.get('trained', {}).get('iter') is None:
+                continue   # the data row, a transformers model, or a checkpoint that records no iteration
             missing = [k for k in keys if row.get(k) is None]
             if missing:
                 raise SystemExit(f"{path}: row {label!r} has no {', '.join(missing)}")

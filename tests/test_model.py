@@ -268,7 +268,7 @@ def test_gpt_shapes_and_loss():
     assert loss.dtype == torch.float32
     assert torch.allclose(loss, loss_first, atol=1e-6)   # causal + ignored targets
 
-def test_gpt_save_pretrained_round_trip(tmp_path):
+def test_gpt_exported_weights_round_trip(tmp_path):
     from transformers import GPT2LMHeadModel
     model = tiny_gpt()
     export.save_weights(model, str(tmp_path))

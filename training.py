@@ -309,15 +309,12 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
     def save():
         states = dist_.gather(rng_state(data_streams)), dist_.gather(batch)
         if dist_.master:
-            save_atomic({'model': raw.state_dict(), 'optimizer': optimizer.state_dict(),
-                         'scaler': scaler.state_dict(), 'ema': ema[0].state_dict() if ema else None,
-                         'iter_num': iter_num, 'best_val_loss': best_val_loss,
-                         'model_args': model_args, 'config': cfg, 'rng': states[0],
-                         'next_batch': states[1]}, ckpt_path)
+            weights = {'model': raw.state_dict(), 'ema': ema[0].state_dict() if ema else None,
+                       'iter_num': iter_num, 'model_args': model_args, 'config': cfg}
+            save_atomic({**weights, 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+                         'best_val_loss': best_val_loss, 'rng': states[0], 'next_batch': states[1]}, ckpt_path)
             if cfg['keep_checkpoints']:   # the weights alone, for evaluating this point of the run later
-                save_atomic({'model': raw.state_dict(), 'ema': ema[0].state_dict() if ema else None,
-                             'iter_num': iter_num, 'model_args': model_args, 'config': cfg},
-                            os.path.join(out_dir, f'{stage}_{iter_num}.pt'))
+                save_atomic(weights, os.path.join(out_dir, f'{stage}_{iter_num}.pt'))
 
     # One worker, one batch ahead: the next batch (for the VAE, the teacher's tokenizer and the
     # character alignment: CPU work, much of it Python) is built while this one's forward and

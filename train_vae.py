@@ -24,7 +24,7 @@ import configurator
 import tokenization
 import training
 from model import Projector, TextVAE, kl_divergence, make_config, masked_mean, repa_loss
-from teacher import Teacher
+from teacher import Teacher, TeacherCache
 
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them; `vae_key` in a config file is ours alone)
@@ -48,6 +48,9 @@ repa_teacher = '{out_dir}/gpt_hf'  # transformers causal LM, hub name or folder;
 repa_teacher_layer = -3    # index into the teacher's hidden_states: third from the last
 repa_layer = 0             # encoder block whose output is aligned (1-based; 0 = the preset's)
 repa_weight = 1.0          # lambda
+repa_cache_windows = 0     # > 0: run the teacher once on this many training windows (and eval_iters x batch_size
+                           # validation ones), keep its states in repa_cache_dir, and train on those windows only
+repa_cache_dir = '{out_dir}/repa_cache'  # shared by runs of any seed with the same teacher, data and window
 projector_dim = 2048       # hidden width of the REPA projector MLP
 stats_batches = 20         # batches of training windows for the latent mean/std
 activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
@@ -78,6 +81,9 @@ training.check_precision(device, dtype)
 training.check_batch_split(config)
 if not 0.0 <= mask_prob < 1.0:
     raise configurator.ConfigError(f"mask_prob={mask_prob} must be in [0, 1)")
+if repa_cache_windows < 0 or (repa_cache_windows and not repa_teacher):
+    raise configurator.ConfigError(f"repa_cache_windows={repa_cache_windows}: a number of windows to run the "
+                                   f"REPA teacher on once (0 = on every batch), with a repa_teacher")
 
 
 # -----------------------------------------------------------------------------
@@ -118,13 +124,18 @@ class VAEObjective(nn.Module):
 def batch_fn(split, rng):
     """Random windows, with probability truncate_prob all cut to one random length (the batch is
     that long: no padding, so attention needs no mask), then with mask_prob > 0 the tokens to
-    mask; with a teacher, its inputs (tokenized and aligned here, on the CPU)."""
+    mask; with a teacher, its inputs (tokenized and aligned here, on the CPU), or with a cache,
+    windows of its pool and the teacher's states on them."""
     length = block_size
     if rng.random() < truncate_prob:
         length = int(rng.integers(min_length, block_size + 1))
-    idx = torch.from_numpy(data.windows(split, batch_size, length, rng))
+    if cache:
+        idx, *states = cache.draw(split, batch_size, length, rng)
+    else:
+        idx = torch.from_numpy(data.windows(split, batch_size, length, rng))
+        states = teacher.inputs(idx, torch.ones_like(idx, dtype=torch.bool), data.vocab) if teacher else ()
     masked = (torch.from_numpy(rng.random(idx.shape) < mask_prob),) if mask_prob else ()
-    return (idx,) + masked + (teacher.inputs(idx, torch.ones_like(idx, dtype=torch.bool), data.vocab) if teacher else ())
+    return (idx, *masked, *states)
 
 
 def teacher_features(batch):
@@ -159,6 +170,8 @@ vae_config = make_config('vae', size, **overrides)
 vae = TextVAE(vae_config)
 vae.checkpointing = activation_checkpointing
 teacher = Teacher(repa_teacher, repa_teacher_layer, dist_.device, block_size, data.tokenizer) if repa_teacher else None
+cache = teacher and repa_cache_windows and TeacherCache(
+    teacher, data, repa_cache_dir, {'train': repa_cache_windows, 'val': eval_iters * batch_size}, block_size, batch_size, dist_)
 projector = Projector(vae_config.n_embd, projector_dim, teacher.hidden_size) if teacher else None
 model_args = {**dataclasses.asdict(vae_config), **data.vocab.state(), 'projector_dim': projector_dim,
               'teacher_hidden': teacher.hidden_size if teacher else None}
@@ -176,7 +189,7 @@ def warm_up_kl(it):
 
 objective = VAEObjective(vae, projector, repa_weight)
 training.train(config, 'vae', objective, batch_fn, dist_, model_args, flops_per_token=vae.flops_per_token(block_size),
-               before_step=warm_up_kl, on_device=teacher_features if teacher else None)
+               before_step=warm_up_kl, on_device=teacher_features if teacher and not cache else None)
 if dist_.master:
     latent_mean, latent_std = latent_statistics(vae, np.random.default_rng([seed, 2]))
     ckpt = training.load_checkpoint(f'{out_dir}/vae.pt')   # the DiT reads them with the VAE

@@ -251,6 +251,38 @@ def test_repa_teacher_with_another_tokenizer_aligns_by_characters(data_dir, othe
         assert math.isfinite(m['val_repa']) and m['val_repa'] != 0.0 and math.isfinite(m['val_loss'])
 
 
+def test_repa_cache_holds_the_teachers_states_shared_by_seeds_resumed_by_chunk(data_dir, other_teacher, tmp_path):
+    """repa_cache_windows: the teacher runs once on a fixed pool, in chunks of 128 windows. The
+    cached states are the live teacher's (bf16); a run at another seed reuses them, a deleted
+    (or never written: killed) chunk is all a later run computes; another layer stops early."""
+    cache = tmp_path / 'cache'
+    cached = [*VAE, f'--repa_teacher={other_teacher}', '--repa_teacher_layer=-2', '--repa_cache_windows=300',
+              f'--repa_cache_dir={cache}', '--max_iters=4', '--eval_interval=2', '--truncate_prob=0.5']
+    first = run_script('train_vae.py', *args(data_dir, tmp_path / 'a', *cached))
+    assert 'the teacher on 300 train windows' in first.stdout and 'the teacher on 8 val windows' in first.stdout
+    assert sorted(os.listdir(cache)) == ['about.json', 'train_00000.pt', 'train_00128.pt', 'train_00256.pt', 'val_00000.pt']
+    for m in read_metrics(tmp_path / 'a' / 'vae_metrics.jsonl'):
+        assert math.isfinite(m['val_repa']) and m['val_repa'] < 0.0 and math.isfinite(m['val_loss'])
+
+    from teacher import Teacher
+    data = tokenization.TokenData(data_dir, True)
+    teacher = Teacher(other_teacher, -2, 'cpu', 32, data.tokenizer)
+    chunk = load_ckpt(cache / 'train_00128.pt')
+    assert chunk['windows'].shape == (128, 32) and chunk['states'].dtype == torch.bfloat16
+    live, have = teacher.features(*teacher.inputs(chunk['windows'], torch.ones_like(chunk['windows'], dtype=torch.bool),
+                                                  data.vocab), 32)
+    assert torch.equal(have, chunk['have']) and have.float().mean() > 0.9
+    assert torch.allclose(chunk['states'].float(), live, rtol=1e-2, atol=1e-2)
+
+    os.remove(cache / 'train_00128.pt')
+    again = run_script('train_vae.py', *args(data_dir, tmp_path / 'b', *cached, '--seed=7'))
+    assert 'the teacher on 128 train windows' in again.stdout and 'the teacher on 8 val' not in again.stdout
+    assert torch.equal(load_ckpt(cache / 'train_00128.pt')['states'], chunk['states'])
+    other_layer = run_script('train_vae.py', *args(data_dir, tmp_path / 'c', *cached, '--repa_teacher_layer=-3'), check=False)
+    assert other_layer.returncode != 0 and 'holds the states of' in other_layer.stderr
+    assert 'the teacher on' not in other_layer.stdout
+
+
 def _word_tokenizer(words):
     """A teacher tokenizer that reads whole words (split on whitespace and punctuation)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -496,7 +528,9 @@ def test_bad_data_and_teachers(data_dir, vae_run, gpt2_teacher, tmp_path):
              ('vae', args(data_dir, resumed, *VAE, f'--repa_teacher={gpt2_teacher}', '--init_from=resume',
                           '--max_iters=6'), 'width', None),
              ('vae', args(data_dir, tmp_path / 'o4', *VAE, f'--repa_teacher={gpt2_teacher}',
-                          '--repa_teacher_layer=-9'), 'repa_teacher_layer=-9', tmp_path / 'o4')]
+                          '--repa_teacher_layer=-9'), 'repa_teacher_layer=-9', tmp_path / 'o4'),
+             ('vae', args(data_dir, tmp_path / 'o5', *VAE, '--repa_teacher=None', '--repa_cache_windows=64'),
+              'repa_cache_windows=64', tmp_path / 'o5')]
     results = run_many([[f'train_{stage}.py', *argv] for stage, argv, _, _ in cases], check=False,
                        env={'HF_HUB_OFFLINE': '1'})
     for (stage, _, message, out_dir), result in zip(cases, results):

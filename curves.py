@@ -1,7 +1,8 @@
 """
 Quality against training compute, as a figure: the checker's rates (grammar %, check score %)
 of eval.py's results against the training iteration of the checkpoint each row evaluated, one
-line per model and training seed. eval.py writes each of our rows with its checkpoint's
+line per model and training seed; and, for the README, a table of each model's last point over
+its seeds: the mean, and the lowest and highest seed. eval.py writes each of our rows with its checkpoint's
 iteration and seed; `keep_checkpoints=True` keeps the points of one run to evaluate:
 
     python train_dit.py config/tiny.py --keep_checkpoints=True --eval_interval=1000
@@ -10,7 +11,8 @@ iteration and seed; `keep_checkpoints=True` keeps the points of one run to evalu
     python curves.py --evals='out/tiny/eval_*/eval.json' --out=out/tiny/curves.png
 
 A model evaluated at one iteration only (the GPT baseline, whose iterations are not the DiT's)
-is drawn as a dashed horizontal line: the level to reach. Also prints the points as a table.
+is drawn as a dashed horizontal line: the level to reach. Also prints the points, and the seeds
+table (`table`: the eval.json keys of its columns; `out=''` draws no figure).
 """
 import glob
 import json
@@ -23,16 +25,21 @@ import configurator
 evals = 'out/tiny/eval.json'   # eval.json files: comma-separated paths or globs
 eval_set = 'synthetic'         # the set whose rows are drawn (the checker's rates exist for 'synthetic')
 metrics = 'check_grammar,check_score'   # eval.json keys, one panel each
-out = 'curves.png'
+table = 'rouge1,bertscore,check_grammar,check_all_parse,check_consistency,check_score,gen_ppl,entropy,uncond_tokens'
+out = 'curves.png'             # '' = the tables only
 # -----------------------------------------------------------------------------
 
 TITLES = {'check_grammar': 'grammar %', 'check_all_parse': 'all parse %', 'check_consistency': 'consistent %',
-          'check_score': 'check score %', 'rouge1': 'ROUGE-1', 'bertscore': 'BERTScore', 'mauve': 'MAUVE'}
+          'check_score': 'check score %', 'rouge1': 'R-1', 'rouge2': 'R-2', 'rougeL': 'R-L', 'bertscore': 'BERTScore',
+          'mauve': 'MAUVE', 'gen_ppl': 'gen-PPL', 'entropy': 'entropy', 'uncond_tokens': 'uncond tokens'}
+RATES = {'check_grammar', 'check_all_parse', 'check_consistency', 'check_score', 'check_perfect', 'rouge1', 'rouge2',
+         'rougeL', 'bertscore', 'mauve'}   # fractions in eval.json, % here
 
 
-def read_points(paths, set_name, keys):
-    """{(label, seed): [(iteration, {key: value in %}), ...] sorted by iteration} from the rows of
-    our models (those eval.py wrote with `trained`) in the eval.json files."""
+def read_points(paths, set_name, keys, optional=()):
+    """{(label, seed): [(iteration, {key: value}), ...] sorted by iteration} from the rows of our
+    models (those eval.py wrote with `trained`) in the eval.json files; rates in %. Every row has
+    `keys`; the `optional` keys are read where a row has them (gen-PPL needs unconditional samples)."""
     points = {}
     for path in paths:
         with open(path) as f:
@@ -45,8 +52,8 @@ def read_points(paths, set_name, keys):
             missing = [k for k in keys if row.get(k) is None]
             if missing:
                 raise SystemExit(f"{path}: row {label!r} has no {', '.join(missing)}")
-            key = (label, row['trained']['seed'])
-            points.setdefault(key, []).append((row['trained']['iter'], {k: 100 * row[k] for k in keys}))
+            values = {k: row[k] * (100 if k in RATES else 1) for k in (*keys, *optional) if row.get(k) is not None}
+            points.setdefault((label, row['trained']['seed']), []).append((row['trained']['iter'], values))
     return {k: sorted(v, key=lambda p: p[0]) for k, v in sorted(points.items())}
 
 
@@ -79,15 +86,35 @@ def draw(points, keys, path):
     plt.close(fig)
 
 
+def seeds_table(points, keys):
+    """Markdown rows: each model's last point at each of its seeds, as the mean (lowest-highest)."""
+    finals = {}
+    for (label, seed), series in points.items():
+        finals.setdefault(label, []).append((seed, *series[-1]))
+    lines = ['| model (seeds; iterations) | ' + ' | '.join(TITLES.get(k, k) for k in keys) + ' |',
+             '|---|' + '---|' * len(keys)]
+    for label, runs in finals.items():
+        cells = []
+        for k in keys:
+            vs = [values[k] for _, _, values in runs if k in values]
+            f = (lambda v: f'{v:.1f}') if k in RATES or k == 'uncond_tokens' else (lambda v: f'{v:.2f}')
+            cells.append('-' if len(vs) < len(runs) else f(vs[0]) if len(vs) == 1 else
+                         f'{f(sum(vs) / len(vs))} ({f(min(vs))}-{f(max(vs))})')
+        seeds, its = '/'.join(str(s) for s, _, _ in runs), '/'.join(sorted({f'{it:,}' for _, it, _ in runs}))
+        lines.append(f'| {label} ({seeds}; {its}) | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
 def main():
     configurator.configure(globals(), 'curves')
     keys = [k.strip() for k in metrics.split(',') if k.strip()]
+    columns = [k.strip() for k in table.split(',') if k.strip()]
     paths = sorted({p for spec in evals.split(',') if spec.strip()
                     for p in (glob.glob(spec.strip(), recursive=True) or [spec.strip()])})
     for p in paths:
         if not os.path.isfile(p):
             raise SystemExit(f"no eval.json at {p!r}: run eval.py first (evals={evals!r})")
-    points = read_points(paths, eval_set, keys)
+    points = read_points(paths, eval_set, keys, columns)
     if not points:
         raise SystemExit(f"no row of ours in {len(paths)} eval.json file(s): eval.py writes which checkpoint "
                          f"each row of a textldm or gpt model is")
@@ -96,8 +123,10 @@ def main():
     for (label, seed), series in points.items():
         for it, values in series:
             print(f'| {label} | {seed} | {it:,} | ' + ' | '.join(f'{values[k]:.1f}' for k in keys) + ' |')
-    draw(points, keys, out)
-    print(f"{out}: {len(points)} lines from {len(paths)} eval.json file(s)")
+    print('\n' + seeds_table(points, columns))
+    if out:
+        draw(points, keys, out)
+        print(f"{out}: {len(points)} lines from {len(paths)} eval.json file(s)")
     return points
 
 

@@ -394,6 +394,9 @@ def test_curves_points_per_model_and_seed(tmp_path):
     points = curves.read_points(paths, 'synthetic', ['check_grammar', 'check_score'])
     assert list(points) == [('GPT', 1), ('TextLDM', 1), ('TextLDM', 2)]
     assert [(it, v['check_grammar']) for it, v in points[('TextLDM', 1)]] == [(1000, 60.0), (2000, 80.0)]
+    table = curves.seeds_table(curves.read_points(paths, 'synthetic', ['check_grammar'], ['gen_ppl']),
+                               ['check_grammar', 'gen_ppl'])   # each seed's last point; no gen-PPL row here
+    assert table.splitlines()[2:] == ['| GPT (1; 600) | 95.0 | - |', '| TextLDM (1/2; 1,000/2,000) | 75.0 (70.0-80.0) | - |']
     curves.draw(points, ['check_grammar', 'check_score'], str(tmp_path / 'fig' / 'c.png'))
     assert (tmp_path / 'fig' / 'c.png').stat().st_size > 1000 and not (tmp_path / 'fig' / 'c.png.tmp.png').exists()
     with pytest.raises(SystemExit, match="no eval_set='lm1b'"):

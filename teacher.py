@@ -185,16 +185,17 @@ class TeacherCache:
             parts = {f'{folder}/{split}_{k:05d}.pt': windows[k:k + chunk] for k in range(0, n, chunk)}
             todo = [path for path in list(parts)[dist_.rank::dist_.world_size] if not os.path.exists(path)]
             if todo:
-                print(f"REPA cache: the teacher on {sum(len(parts[p]) for p in todo)} {split} windows of "
+                print(f"REPA cache: the teacher on {sum(len(parts[path]) for path in todo)} {split} windows of "
                       f"{block_size} tokens (rank {dist_.rank}), into {folder}")
-            t0 = time.time()
-            for done, path in enumerate(todo, 1):
+            t0, done, total = time.time(), 0, sum(len(parts[path]) for path in todo)
+            for path in todo:
                 states = [self._states(teacher, data.vocab, idx, dist_.device) for idx in parts[path].split(batch_size)]
                 training.save_atomic({'windows': parts[path], 'states': torch.cat([f for f, _ in states]),
                                       'have': torch.cat([h for _, h in states])}, path)
-                seconds = (time.time() - t0) / done
-                print(f"REPA cache {split}: chunk {done}/{len(todo)}, {seconds / chunk:.2f} s a window, "
-                      f"{seconds * (len(todo) - done) / 60:.1f} min left", flush=True)
+                done += len(parts[path])
+                each = (time.time() - t0) / done
+                print(f"REPA cache {split}: {done}/{total} windows, {each:.2f} s a window, "
+                      f"{each * (total - done) / 60:.1f} min left", flush=True)
             dist_.any(False)  # every rank waits until every chunk is written
             chunks = [self._load(path, part) for path, part in parts.items()]
             self.pools[split] = tuple(torch.cat(columns) for columns in zip(*chunks))

@@ -220,8 +220,8 @@ class TeacherCache:
 
     def draw(self, split, n, length, rng):
         """n windows of the split's pool (with replacement), cut to `length` tokens: (idx, fp32
-        states, have). A causal teacher's states never see later tokens, so they are those of the
-        cut window but at the last token, when a teacher token spans the cut."""
+        states, have). A causal teacher's states on a prefix are those it had there on the whole
+        window (but where one of its tokens spans the cut), so a cut window keeps its states."""
         windows, states, have = self.pools[split]
         pick = torch.from_numpy(rng.integers(0, len(windows), size=n))
         return windows[pick, :length], states[pick, :length].float(), have[pick, :length]

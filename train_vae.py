@@ -170,8 +170,8 @@ vae_config = make_config('vae', size, **overrides)
 vae = TextVAE(vae_config)
 vae.checkpointing = activation_checkpointing
 teacher = Teacher(repa_teacher, repa_teacher_layer, dist_.device, block_size, data.tokenizer) if repa_teacher else None
-cache = teacher and repa_cache_windows and TeacherCache(
-    teacher, data, repa_cache_dir, {'train': repa_cache_windows, 'val': eval_iters * batch_size}, block_size, batch_size, dist_)
+cache = TeacherCache(teacher, data, repa_cache_dir, {'train': repa_cache_windows, 'val': eval_iters * batch_size},
+                     block_size, batch_size, dist_) if teacher and repa_cache_windows else None
 projector = Projector(vae_config.n_embd, projector_dim, teacher.hidden_size) if teacher else None
 model_args = {**dataclasses.asdict(vae_config), **data.vocab.state(), 'projector_dim': projector_dim,
               'teacher_hidden': teacher.hidden_size if teacher else None}

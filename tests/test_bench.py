@@ -52,7 +52,7 @@ def test_bench_flops_counts_every_dit_preset():
     rows = table_rows(helpers.run_script('bench.py', '--what=flops', '--seq_len=64').stdout)
     header = [cell.strip() for cell in rows[0].strip('|').split('|')]
     cells = [[cell.strip() for cell in row.strip('|').split('|')] for row in rows[1:]]
-    assert header[0] == 'DiT' and [c[0] for c in cells] == ['tiny', 'small', 'dit-b', 'dit-m', 'dit-l']
+    assert header[0] == 'DiT' and [c[0] for c in cells] == ['nano', 'tiny', 'small', 'dit-b', 'dit-m', 'dit-l']
     per_token, per_time = header.index('adaLN per token') + 1, header.index('adaLN per time') + 1
     for c in cells:
         assert float(c[per_time].rstrip('x')) < 1.05 < float(c[per_token].rstrip('x'))

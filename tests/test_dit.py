@@ -476,12 +476,16 @@ def test_flow_matching_loss_ignores_the_padding_of_a_short_window():
 
 
 def test_training_timesteps_follow_the_logit_normal():
-    ns = {'torch': torch, 'timestep_sampling': 'logit_normal', 'logit_normal_std': 1.5}
+    ns = {'torch': torch, 'timestep_sampling': 'logit_normal', 'logit_normal_std': 1.5, 'logit_normal_mean': 0.0}
     sample_timesteps = script_function('train_dit.py', 'sample_timesteps', ns)
     torch.manual_seed(0)
     t = sample_timesteps(20000, 'cpu')
     assert ((t > 0) & (t < 1)).all()
     assert abs(torch.logit(t.double()).std().item() - 1.5) < 0.05
+    assert abs(torch.logit(t.double()).mean().item()) < 0.05
+    ns['logit_normal_mean'] = -0.5                       # a time shift towards the noise
+    shifted = torch.logit(sample_timesteps(20000, 'cpu').double())
+    assert abs(shifted.mean().item() + 0.5) < 0.05 and abs(shifted.std().item() - 1.5) < 0.05
     ns['timestep_sampling'] = 'uniform'
     u = sample_timesteps(20000, 'cpu')
     assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.std().item() - 12 ** -0.5) < 0.01

@@ -99,7 +99,7 @@ VAE_SIZES = {
 # ~18 C^2 params (attention 4, MLP 8, adaLN 6), so we keep DiT's head size of 64 and pick depths
 # that land near those counts: DiT-B width with 10 layers, DiT-L width with 17, 1280 wide with 26.
 DIT_SIZES = {
-    'nano':  dict(n_layer=4, n_head=4, n_embd=96),     # 0.6x tiny's FLOPs: more iterations at equal compute
+    'nano':  dict(n_layer=4, n_head=4, n_embd=96),     # 0.59x tiny's FLOPs: more iterations at equal compute
     'tiny':  dict(n_layer=4, n_head=4, n_embd=128),
     'small': dict(n_layer=6, n_head=4, n_embd=256),
     'dit-b': dict(n_layer=10, n_head=12, n_embd=768),    # ~110M

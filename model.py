@@ -96,8 +96,9 @@ VAE_SIZES = {
     'paper': dict(n_enc_layer=10, n_dec_layer=10, n_head=16, n_embd=1024),
 }
 # The paper gives DiT sizes only as parameter counts (114M / 328M / 768M). A DiT block has
-# ~18 C^2 params (attention 4, MLP 8, adaLN 6), so we keep DiT's head size of 64 and pick depths
-# that land near those counts: DiT-B width with 10 layers, DiT-L width with 17, 1280 wide with 26.
+# ~18 C^2 params (attention 4, MLP 8, adaLN 6), so the paper sizes keep DiT's head size of 64 and
+# pick depths that land near those counts: DiT-B width with 10 layers, DiT-L width with 17, 1280
+# wide with 26. The CPU sizes keep 4 heads (head size 24 to 64).
 DIT_SIZES = {
     'nano':  dict(n_layer=4, n_head=4, n_embd=96),     # 0.59x tiny's FLOPs: more iterations at equal compute
     'tiny':  dict(n_layer=4, n_head=4, n_embd=128),

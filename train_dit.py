@@ -80,6 +80,8 @@ training.check_precision(device, dtype)
 training.check_batch_split(config)
 if timestep_sampling not in ('logit_normal', 'uniform'):
     raise configurator.ConfigError(f"timestep_sampling={timestep_sampling!r}: 'logit_normal' or 'uniform'")
+if timestep_sampling == 'logit_normal' and not logit_normal_std > 0:
+    raise configurator.ConfigError(f"logit_normal_std={logit_normal_std} must be > 0")
 if latent_block < 0:
     raise configurator.ConfigError(f"latent_block={latent_block} must be >= 0 (0 = TextLDM)")
 if self_cond and latent_block:

@@ -557,7 +557,10 @@ def test_bad_configurations_stop_before_any_model_is_loaded(data_dir, vae_run, g
               'block_size=32 is longer than the 16-token context of repa_teacher=', tmp_path / 'o2'),
              ('dit', [a for a in args(other_data, tmp_path / 'o3', f"--vae_path={vae_run[0]}/vae.pt")
                       if not a.startswith('--compact_vocab')],
-              f"data_dir='{other_data}' holds", tmp_path / 'o3')]
+              f"data_dir='{other_data}' holds", tmp_path / 'o3'),
+             ('dit', [a for a in args(data_dir, tmp_path / 'o5', f"--vae_path={vae_run[0]}/vae.pt",
+                                      '--logit_normal_std=0.0') if not a.startswith('--compact_vocab')],
+              'logit_normal_std=0.0 must be > 0', tmp_path / 'o5')]
     results = run_many([[f'train_{stage}.py', *argv] for stage, argv, _, _ in cases], check=False,
                        env={'HF_HUB_OFFLINE': '1'})
     for (stage, _, message, out_dir), result in zip(cases, results):

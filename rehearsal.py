@@ -62,9 +62,10 @@ PROMPT = 'Mia was a clever girl who had 3 apples.'
 
 def stage_commands(s, paths):
     """[(stage, argv, env)] of the whole recipe at scale `s` (a dict of SCALES)."""
-    # --max-restarts=1: on a CPU a gloo rank sometimes aborts at exit after a finished run
-    # ('terminate called without an active exception'); torchrun reruns the (deterministic) stage
-    restarts = ['--max-restarts=1'] if s['device'] == 'cpu' else []
+    # --max-restarts=2: on a CPU a gloo rank sometimes aborts at exit after a finished run
+    # ('terminate called without an active exception'); torchrun reruns the (deterministic) stage.
+    # Once (2026-12-06) the rerun itself failed to connect, hence a second one.
+    restarts = ['--max-restarts=2'] if s['device'] == 'cpu' else []
     py, torchrun = [sys.executable], [sys.executable, '-m', 'torch.distributed.run', '--standalone', *restarts,
                                       f"--nproc_per_node={s['nproc']}"]
     where = [f"--out_dir={paths['out']}", f"--data_dir={paths['data']}"]

@@ -109,10 +109,11 @@ def run_torchrun(script, *args, nproc=2, check=True, timeout=300):
 
 def torchrun_command(script, *args, nproc=2):
     # `python -m torch.distributed.run` is torchrun, found even when torchrun is not on PATH.
-    # --max-restarts=1: a gloo rank has, rarely, aborted at exit after a finished run ('terminate
+    # --max-restarts=2: a gloo rank has, rarely, aborted at exit after a finished run ('terminate
     # called without an active exception'; seen twice, cause unknown); torchrun then reruns the
-    # group, which repeats the same deterministic run.
-    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--max-restarts=1',
+    # group, which repeats the same deterministic run. Once (2026-12-06, a full suite) the rerun
+    # itself failed to connect (gloo connectFullMesh: connection refused), hence a second one.
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--max-restarts=2',
             f'--nproc_per_node={nproc}', script, *args]
 
 

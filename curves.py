@@ -6,7 +6,7 @@ its seeds: the mean, and the lowest and highest seed. eval.py writes each of our
 iteration and seed; `keep_checkpoints=True` keeps the points of one run to evaluate:
 
     python train_dit.py config/tiny.py --keep_checkpoints=True --eval_interval=1000
-    for it in 1000 2000 3000 4000; do python eval.py config/tiny.py \
+    for it in 1000 2000 3000 4000 5000 6000 6780; do python eval.py config/tiny.py \
         --model=TextLDM=textldm:out/tiny/dit_$it.pt --out_dir=out/tiny/eval_$it; done
     python curves.py --evals='out/tiny/eval_*/eval.json' --out=out/tiny/curves.png
 

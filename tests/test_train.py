@@ -698,6 +698,29 @@ def test_every_script_reads_every_config_file(monkeypatch):
             configurator.configure(dict(defaults), stage, [config])   # raises ConfigError on a clash
 
 
+def test_quick_start_dit_stays_within_its_compute_budget(monkeypatch):
+    """Issue 18's budget: config/tiny.py's DiT spends no more FLOPs than 4,000 iterations of the
+    width-128 'tiny' DiT it trained until 2026-12-06; config/repro.py and config/cola.py keep that
+    DiT, with which their README numbers were measured."""
+    import model
+    monkeypatch.chdir(helpers.ROOT)   # config/repro.py and config/cola.py read config/tiny.py
+    dit = {name: configurator.configure(script_defaults('train_dit.py'), 'dit', [f'config/{name}.py'])
+           for name in ('tiny', 'repro', 'cola')}
+
+    def flops(size):   # the loss forward and backward on two full windows, as train_dit.py counts it
+        with torch.device('meta'):
+            net = model.DiT(model.make_config('dit', size, latent_dim=16, block_size=128, self_cond=True))
+            x, is_target = torch.zeros(2, 128, 16), (torch.arange(128) >= 64).expand(2, -1)
+            loss = lambda: model.flow_matching_loss(net, x, torch.full((2,), 0.5), is_target, self_cond=True)
+            return training.counted_flops(lambda: loss().backward())
+
+    quick = dit['tiny']
+    assert quick['size'] == 'nano' and quick['lr_decay_iters'] == quick['max_iters']
+    assert quick['max_iters'] * flops('nano') <= 4000 * flops('tiny')
+    for name in ('repro', 'cola'):
+        assert (dit[name]['size'], dit[name]['max_iters'], dit[name]['lr_decay_iters']) == ('tiny', 4000, 4000)
+
+
 def test_no_key_reads_as_another_stages_key_of_another_type():
     defaults = {stage: script_defaults(script) for script, stage in SCRIPTS.items()}
     assert {'learning_rate', 'max_iters', 'batch_size'} <= set(defaults['dit'])   # shown at the top

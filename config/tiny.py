@@ -42,9 +42,10 @@ vae_projector_dim = 256
 vae_latent_dim = 16  # the paper's 64 is for 50,257 tokens; ~213 fit in 16, and the DiT learns far faster
 vae_repa_teacher_layer = -2  # the GPT has 2 layers: -3 (the paper's) would be its embeddings
 
-# the DiT
-dit_size = 'nano'  # width 96, 0.73M parameters: 6,780 iterations cost the FLOPs of 4,000 of the 1.3M 'tiny'
-dit_block_size = 128  # (15.72 against 26.65 GFLOP each), and give 92.3% grammar against its 87.6% (README, "Levers")
+# the DiT: width 96 ('nano', 0.73M parameters), whose 6,780 iterations cost the FLOPs of 4,000 of the
+# 1.3M 'tiny' (15.72 against 26.65 GFLOP each) and give 92.3% grammar against its 87.6% (README, "Levers")
+dit_size = 'nano'
+dit_block_size = 128
 dit_max_iters = 6780  # longer runs keep improving the samples (README); most of the quick start's time
 dit_lr_decay_iters = 6780
 dit_logit_normal_std = 1.0  # training times nearer the middle than the paper's 1.5 (README, "Levers")

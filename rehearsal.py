@@ -60,14 +60,20 @@ PROMPT = 'Mia was a clever girl who had 3 apples.'
 # -----------------------------------------------------------------------------
 # The stages: config/owt.py and the overrides that shrink it
 
+def torchrun(nproc, device='cpu'):
+    """The torchrun command line for `nproc` ranks on this node (`python -m torch.distributed.run`:
+    torchrun, found even when it is not on PATH); the script and its arguments follow it."""
+    # --max-restarts=2 on a CPU: a gloo rank has, rarely, aborted at exit after a finished run
+    # ('terminate called without an active exception'; cause unknown); torchrun then reruns the
+    # (deterministic) group. Once (2026-12-06, a full test suite) the rerun itself failed to connect
+    # (gloo connectFullMesh: connection refused), hence a second one.
+    restarts = ['--max-restarts=2'] if device == 'cpu' else []
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', *restarts, f'--nproc_per_node={nproc}']
+
+
 def stage_commands(s, paths):
     """[(stage, argv, env)] of the whole recipe at scale `s` (a dict of SCALES)."""
-    # --max-restarts=2: on a CPU a gloo rank sometimes aborts at exit after a finished run
-    # ('terminate called without an active exception'); torchrun reruns the (deterministic) stage.
-    # Once (2026-12-06) the rerun itself failed to connect, hence a second one.
-    restarts = ['--max-restarts=2'] if s['device'] == 'cpu' else []
-    py, torchrun = [sys.executable], [sys.executable, '-m', 'torch.distributed.run', '--standalone', *restarts,
-                                      f"--nproc_per_node={s['nproc']}"]
+    py, launch = [sys.executable], torchrun(s['nproc'], s['device'])
     where = [f"--out_dir={paths['out']}", f"--data_dir={paths['data']}"]
     run = [f"--device={s['device']}", f"--dtype={s['dtype']}"]
     train = where + run + [
@@ -83,11 +89,11 @@ def stage_commands(s, paths):
     return [
         ('prepare', py + ['prepare.py', 'config/owt.py', f"--input={paths['archive']}", f"--data_dir={paths['data']}",
                           '--val_fraction=0.02', f"--num_proc={min(4, os.cpu_count() or 1)}"], {}),
-        ('vae', torchrun + ['train_vae.py', 'config/owt.py', *train, f"--size={s['vae_size']}",
+        ('vae', launch + ['train_vae.py', 'config/owt.py', *train, f"--size={s['vae_size']}",
                             f"--projector_dim={s['projector_dim']}", f"--repa_teacher={paths['teacher']}",
                             f"--kl_warmup_iters={s['iters']}", '--stats_batches=2'], {}),
-        ('dit', torchrun + ['train_dit.py', 'config/owt.py', *train, f"--size={s['dit_size']}"], {}),
-        ('gpt', torchrun + ['train_gpt.py', 'config/owt.py', *train, f"--size={s['gpt_size']}"], {}),
+        ('dit', launch + ['train_dit.py', 'config/owt.py', *train, f"--size={s['dit_size']}"], {}),
+        ('gpt', launch + ['train_gpt.py', 'config/owt.py', *train, f"--size={s['gpt_size']}"], {}),
         ('sample', py + ['sample.py', 'config/owt.py', *where, *run, f'--prompt={PROMPT}', '--num_samples=2',
                          f"--max_new_tokens={s['new_tokens']}", f"--out={paths['work']}/samples.jsonl", *steps], {}),
         ('eval', py + ['eval.py', 'config/owt.py', *where, *run, '--model=textldm,gpt',

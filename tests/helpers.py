@@ -16,6 +16,7 @@ if ROOT not in sys.path:
 
 import corpus  # noqa: E402
 import export  # noqa: E402
+import rehearsal  # noqa: E402  (its torchrun command line, restarts included)
 import tokenization  # noqa: E402
 # local stand-ins in real formats: a tokenizer that is not GPT-2's, the hub's eval sets, MiniLM
 from standins import HUB_LAYOUTS, minilm_folder, train_tokenizer, write_hub_sets  # noqa: E402,F401
@@ -108,13 +109,7 @@ def run_torchrun(script, *args, nproc=2, check=True, timeout=300):
 
 
 def torchrun_command(script, *args, nproc=2):
-    # `python -m torch.distributed.run` is torchrun, found even when torchrun is not on PATH.
-    # --max-restarts=2: a gloo rank has, rarely, aborted at exit after a finished run ('terminate
-    # called without an active exception'; seen twice, cause unknown); torchrun then reruns the
-    # group, which repeats the same deterministic run. Once (2026-12-06, a full suite) the rerun
-    # itself failed to connect (gloo connectFullMesh: connection refused), hence a second one.
-    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--max-restarts=2',
-            f'--nproc_per_node={nproc}', script, *args]
+    return rehearsal.torchrun(nproc) + [script, *args]
 
 
 def run_many(commands, check=True, env=None, timeout=300, workers=2):

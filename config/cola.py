@@ -4,9 +4,9 @@
 #   python train_vae.py config/cola.py && python train_dit.py config/cola.py && \
 #   python sample.py config/cola.py --prompt="Mia went to the park."
 exec(open('config/tiny.py').read())  # everything as in the embedded default, except:
-# (so also tiny's 16-channel latents, x-prediction and its sampler; a Cola
-# iteration costs about twice a TextLDM one, 54.6 against 26.7 GFLOP, as each window carries a
-# clean and a noisy copy of its target. Measured: README, "Reproduction".)
+# (so also tiny's x-prediction and its sampler; a Cola iteration costs about twice a TextLDM one,
+# 54.6 against 26.7 GFLOP, as each window carries a clean and a noisy copy of its target.
+# Measured: README, "Reproduction".)
 
 out_dir = 'out/cola'
 data_dir = 'data/tiny'   # the same prepared data as config/tiny.py
@@ -15,6 +15,9 @@ data_dir = 'data/tiny'   # the same prepared data as config/tiny.py
 # plus Cola's masked-token objective
 vae_causal = True
 vae_mask_prob = 0.15
+vae_latent_dim = 16  # and the quick start's 16 channels and 300 iterations before 2026-12-06, as measured
+vae_max_iters = 300
+vae_lr_decay_iters = 300
 
 # the DiT: block-causal over blocks of 4 target latents (self-conditioning is TextLDM's only)
 dit_latent_block = 4

@@ -1,7 +1,8 @@
-# The paper's comparison where TextLDM works (README, "Reproduction"): the quick start's data,
-# VAE and 4,000 DiT iterations, with its GPT (out/tiny/gpt_hf, after `bash quickstart.sh`) as the
-# REPA teacher and the gen-PPL judge; a GPT baseline matched to the DiT. Every run, each at its
-# seeds, and the table: `bash repro.sh` (which gives each run its own out_dir).
+# The paper's comparison where TextLDM works (README, "Reproduction"): the quick start's data, its
+# VAE and DiT before 2026-12-06 (16 channels, width 128, 4,000 iterations), with its GPT
+# (out/tiny/gpt_hf, after `bash quickstart.sh`) as the REPA teacher and the gen-PPL judge; a GPT
+# baseline matched to the DiT. Every run, each at its seeds, and the table: `bash repro.sh` (which
+# gives each run its own out_dir).
 exec(open('config/tiny.py').read())  # everything as in the quick start, except:
 
 out_dir = 'out/repro'
@@ -28,6 +29,10 @@ dit_logit_normal_std = 1.0
 
 # REPA on the quick start's GPT (repro.sh also trains a VAE without REPA, one on SmolLM2, and Cola's)
 vae_repa_teacher = 'out/tiny/gpt_hf'
+# the quick start's VAE before 2026-12-06, with which "Reproduction" was measured: 16 channels, 300 iterations
+vae_latent_dim = 16
+vae_max_iters = 300
+vae_lr_decay_iters = 300
 
 # the evaluation: 256 held-out prompts, 128 unconditional samples, the quick start's GPT as judge
 eval_judge = 'out/tiny/gpt_hf'

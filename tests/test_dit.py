@@ -613,21 +613,21 @@ def sample_error(monkeypatch, p, *argv):
 
 def test_dit_paired_with_vae_of_another_latent_size(pipeline, monkeypatch):
     p = pipeline
-    other = str(p['root'] / 'vae8')
-    run_script('train_vae.py', *TINY, f"--data_dir={p['data_dir']}", f'--out_dir={other}', '--latent_dim=8',
+    other = str(p['root'] / 'vae4')
+    run_script('train_vae.py', *TINY, f"--data_dir={p['data_dir']}", f'--out_dir={other}', '--latent_dim=4',
                '--repa_teacher=None', '--max_iters=1')
-    # sampling: the pipeline's 16-channel DiT (config/tiny.py) whose checkpoint names the 8-channel VAE
+    # sampling: the pipeline's 8-channel DiT (config/tiny.py) whose checkpoint names the 4-channel VAE
     ckpt = load_ckpt(os.path.join(p['out_dir'], 'dit.pt'))
-    assert ckpt['model_args']['latent_dim'] == 16
+    assert ckpt['model_args']['latent_dim'] == 8
     ckpt['model_args']['vae_path'] = os.path.join(other, 'vae.pt')
     torch.save(ckpt, os.path.join(other, 'dit.pt'))
     message = sample_error(monkeypatch, p, f"--dit_path={other}/dit.pt", f'--prompt={PROMPT}')
-    assert '16-channel' in message and '8' in message
-    # training: resuming the 16-channel DiT on the 8-channel VAE
+    assert 'trained on 8-channel latents' in message and 'makes 4' in message
+    # training: resuming the 8-channel DiT on the 4-channel VAE
     shutil.copy(os.path.join(p['out_dir'], 'dit.pt'), os.path.join(other, 'dit.pt'))
     message = script_error(monkeypatch, 'train_dit.py', *TINY, f"--data_dir={p['data_dir']}", f'--out_dir={other}',
                            '--init_from=resume', '--max_iters=8')
-    assert '16' in message and '8' in message
+    assert 'trained on the 8-channel latents' in message and 'makes 4 channels' in message
 
 
 def test_x_prediction_trains_and_samples(pipeline):

@@ -13,7 +13,8 @@ the blocks before it and itself; the clean blocks are what generation keeps in i
 """
 import torch
 
-from model import KVCache, build_attention_mask, flow_matching_loss, positions
+import training
+from model import DiT, KVCache, build_attention_mask, flow_matching_loss, positions
 from sampling import end_of_text, integrate, make_time_grid, pad_rows
 
 # -----------------------------------------------------------------------------
@@ -75,6 +76,25 @@ def block_flow_matching_loss(dit, x, is_target, valid, times, latent_block, n_no
     # both copies of a target token are targets to the DiT; only the noisy one is noised and scored
     velocity = lambda x_t, t, is_target, valid: dit.denoise(x_t, row_times, segment, seq['role'], seq['pos'], mask)
     return flow_matching_loss(velocity, seq['x'], t, seq['noisy'] & seq['valid'], seq['valid'], noise)
+
+
+def train_flops_per_token(config, n_noisy=0):
+    """Forward and backward FLOPs of a DiT's training loss per window token (TextLDM's, or Cola's
+    when config.latent_block, with n_noisy noisy tokens), on full windows of config.block_size
+    cut in the middle. Counted on a DiT built on the 'meta' device (no weights, no RNG drawn):
+    what MFU divides by, and the quick start's compute budget. Two rows, as self-conditioning's
+    no-grad pass covers the first half of a batch's rows (one row would be a half of zero rows)."""
+    L, D = config.block_size, config.latent_dim
+    with torch.random.fork_rng(devices=[]), torch.device('meta'):
+        dit = DiT(config)
+        x, is_target = torch.zeros(2, L, D), (torch.arange(L) >= L // 2).expand(2, -1)
+        if config.latent_block:
+            times = torch.full((2, -(-n_noisy // config.latent_block)), 0.5)
+            loss = lambda: block_flow_matching_loss(dit, x, is_target, torch.ones_like(is_target), times,
+                                                    config.latent_block, n_noisy)
+        else:
+            loss = lambda: flow_matching_loss(dit, x, torch.full((2,), 0.5), is_target, self_cond=config.self_cond)
+        return training.counted_flops(lambda: loss().backward()) / (2 * L)
 
 
 # -----------------------------------------------------------------------------

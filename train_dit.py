@@ -24,7 +24,7 @@ import configurator
 import latent_space
 import tokenization
 import training
-from cola import block_flow_matching_loss
+from cola import block_flow_matching_loss, train_flops_per_token
 from model import DiT, flow_matching_loss, make_config
 
 # -----------------------------------------------------------------------------
@@ -186,27 +186,8 @@ if latent_block and not space.vae.config.causal:
     training.print0(dist_, "note: Cola with a non-causal VAE: a decoded block can still change once later "
                          "blocks are generated (train the VAE with causal=True)")
 
-
-def train_flops_per_token():
-    """Forward and backward FLOPs of the DiT's loss per window token (full windows, cut in the
-    middle), counted on the DiT built again on the 'meta' device (no weights copied, no RNG drawn):
-    MFU divides by what it computes. Two rows, as self-conditioning's no-grad pass covers the
-    first half of a batch's rows (one row would be a half of zero rows)."""
-    with torch.random.fork_rng(devices=[]), torch.device('meta'):
-        meta = DiT(dit_config)
-        x = torch.zeros(2, block_size, space.latent_dim)
-        is_target = (torch.arange(block_size) >= block_size // 2).expand(2, -1)
-        if latent_block:
-            times = torch.full((2, -(-n_noisy // latent_block)), 0.5)
-            loss = lambda: block_flow_matching_loss(meta, x, is_target, torch.ones_like(is_target), times,
-                                                    latent_block, n_noisy)
-        else:
-            loss = lambda: flow_matching_loss(meta, x, torch.full((2,), 0.5), is_target, self_cond=self_cond)
-        return training.counted_flops(lambda: loss().backward()) / (2 * block_size)
-
-
 dit.checkpointing = activation_checkpointing
 objective = FlowMatchingObjective(dit, space, latent_block, n_noisy)
-training.train(config, 'dit', objective, batch_fn, dist_, model_args, flops_per_token=train_flops_per_token(),
-               ema=(ema, dit, ema_decay))
+training.train(config, 'dit', objective, batch_fn, dist_, model_args,
+               flops_per_token=train_flops_per_token(dit_config, n_noisy), ema=(ema, dit, ema_decay))
 dist_.close()

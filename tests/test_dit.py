@@ -141,23 +141,22 @@ def test_self_conditioning_in_training_feeds_a_no_grad_estimate_to_half_the_rows
 
 
 def test_training_flops_count_the_self_conditioning_pass():
-    """train_dit.py's FLOPs an iteration (MFU's numerator): self-conditioning adds a no-grad forward
-    over half the rows, ~0.5 of the forward + backward's ~3 forwards; Cola's rows carry a noisy copy."""
-    import training
-    from cola import block_flow_matching_loss
+    """The DiT's FLOPs an iteration (MFU's numerator, the quick start's budget): self-conditioning
+    adds a no-grad forward over half the rows, ~0.5 of the forward + backward's ~3 forwards; Cola's
+    rows carry a noisy copy."""
+    from cola import train_flops_per_token
 
     def counted(self_cond, latent_block=0, block_size=64):
         config = make_config('dit', 'tiny', latent_dim=8, block_size=block_size, self_cond=self_cond,
                              latent_block=latent_block)
-        names = {'torch': torch, 'DiT': DiT, 'training': training, 'flow_matching_loss': flow_matching_loss,
-                 'block_flow_matching_loss': block_flow_matching_loss, 'dit_config': config,
-                 'block_size': block_size, 'space': type('Space', (), {'latent_dim': 8}),
-                 'latent_block': latent_block, 'self_cond': self_cond, 'n_noisy': block_size // 2}
-        return script_function('train_dit.py', 'train_flops_per_token', names)()
+        return train_flops_per_token(config, n_noisy=block_size // 2 if latent_block else 0)
 
     plain = counted(False)
     assert 1.12 < counted(True) / plain < 1.22
     assert counted(False, latent_block=4) > 1.3 * plain   # [context | clean target | noisy target]
+    state = torch.random.get_rng_state()
+    counted(True)
+    assert torch.equal(torch.random.get_rng_state(), state)   # counting draws nothing from training's RNG
 
 
 @pytest.mark.parametrize('cfg_scale', [1.0, 3.0])

@@ -700,25 +700,25 @@ def test_every_script_reads_every_config_file(monkeypatch):
 
 def test_quick_start_dit_stays_within_its_compute_budget(monkeypatch):
     """Issue 18's budget: config/tiny.py's DiT spends no more FLOPs than 4,000 iterations of the
-    width-128 'tiny' DiT it trained until 2026-12-06; config/repro.py and config/cola.py keep that
-    DiT, with which their README numbers were measured."""
+    width-128 'tiny' DiT on 16 channels it trained until 2026-12-06, counted as train_dit.py counts
+    them; config/repro.py and config/cola.py keep that DiT and VAE, with which their README numbers
+    were measured."""
     import model
+    from cola import train_flops_per_token
     monkeypatch.chdir(helpers.ROOT)   # config/repro.py and config/cola.py read config/tiny.py
-    dit = {name: configurator.configure(script_defaults('train_dit.py'), 'dit', [f'config/{name}.py'])
-           for name in ('tiny', 'repro', 'cola')}
-
-    def flops(size):   # the loss forward and backward on two full windows, as train_dit.py counts it
-        with torch.device('meta'):
-            net = model.DiT(model.make_config('dit', size, latent_dim=16, block_size=128, self_cond=True))
-            x, is_target = torch.zeros(2, 128, 16), (torch.arange(128) >= 64).expand(2, -1)
-            loss = lambda: model.flow_matching_loss(net, x, torch.full((2,), 0.5), is_target, self_cond=True)
-            return training.counted_flops(lambda: loss().backward())
+    stages = {stage: {name: configurator.configure(script_defaults(f'train_{stage}.py'), stage, [f'config/{name}.py'])
+                      for name in ('tiny', 'repro', 'cola')} for stage in ('vae', 'dit')}
+    dit, vae = stages['dit'], stages['vae']
+    flops = lambda size, latent_dim: train_flops_per_token(
+        model.make_config('dit', size, latent_dim=latent_dim, block_size=128, self_cond=True))
 
     quick = dit['tiny']
-    assert quick['size'] == 'nano' and quick['lr_decay_iters'] == quick['max_iters']
-    assert quick['max_iters'] * flops('nano') <= 4000 * flops('tiny')
+    assert quick['size'] == 'nano' and quick['lr_decay_iters'] == quick['max_iters'] and quick['self_cond']
+    assert (quick['block_size'], dit['repro']['block_size']) == (128, 128)
+    assert quick['max_iters'] * flops('nano', vae['tiny']['latent_dim']) <= 4000 * flops('tiny', 16)
     for name in ('repro', 'cola'):
         assert (dit[name]['size'], dit[name]['max_iters'], dit[name]['lr_decay_iters']) == ('tiny', 4000, 4000)
+        assert (vae[name]['latent_dim'], vae[name]['max_iters'], vae[name]['lr_decay_iters']) == (16, 300, 300)
 
 
 def test_no_key_reads_as_another_stages_key_of_another_type():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quick start: the whole pipeline on the embedded corpus, on a 2-core CPU with no network,
-# in about 37 minutes (README). Each stage prints its progress; the times go to out/tiny/times.txt.
+# in about 41 minutes (README). Each stage prints its progress; the times go to out/tiny/times.txt.
 # Any argument (e.g. --out_dir=out/mine) is passed to every stage.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -1,5 +1,5 @@
 # The embedded default: the whole pipeline on a 2-core CPU with no network.
-#   bash quickstart.sh    (prepare, train_gpt, train_vae, train_dit, sample, eval: ~37 min)
+#   bash quickstart.sh    (prepare, train_gpt, train_vae, train_dit, sample, eval: ~41 min)
 # A key written STAGE_key (gpt_, vae_, dit_, ...) applies to that stage only.
 out_dir = 'out/tiny'
 data_dir = 'data/tiny'
